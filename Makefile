@@ -1,0 +1,55 @@
+# LLM Gateway. `make run` starts the embedded gateway; `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export GATEWAY_MASTER_KEY ?= sk-gateway-dev
+export GATEWAY_CONFIG ?= gateway.yaml
+export GATEWAY_DATA_DIR ?= data
+export REDIS_URL ?= redis://127.0.0.1:6379/0
+export DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+.PHONY: venv run test up down status lint format bench clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+venv: $(BIN)/.installed
+
+run: venv ## the embedded gateway: one process, no Redis/PostgreSQL, mock provider built in
+	REDIS_URL= DATABASE_URL= $(BIN)/python -m services gateway --host $(HOST) --port $(PORT)
+
+test: venv ## the whole suite; starts Redis/PostgreSQL where it can
+	@scripts/ensure-services
+	$(BIN)/ruff check services tests bench scripts
+	$(BIN)/ruff format --check services tests bench scripts
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+up: venv ## the distributed topology: five processes on 8080-8084, Redis and PostgreSQL
+	@scripts/ensure-services
+	$(BIN)/python -m services.topology up
+
+down:
+	$(BIN)/python -m services.topology down
+
+status:
+	$(BIN)/python -m services.topology status
+
+lint: venv
+	$(BIN)/ruff check services tests bench scripts
+	$(BIN)/ruff format --check services tests bench scripts
+
+format: venv
+	$(BIN)/ruff check --fix services tests bench scripts
+	$(BIN)/ruff format services tests bench scripts
+
+bench: venv
+	bench/run.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

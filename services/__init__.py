@@ -1,0 +1,1 @@
+"""LLM Gateway: an OpenAI-compatible gateway split into small ASGI services."""

@@ -1,0 +1,1 @@
+"""The small kernel every service shares: errors, settings, configuration, app builder, metrics."""

@@ -1,0 +1,151 @@
+"""The app builder every service uses: health, readiness, metrics, errors, request ids."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.kernel.errors import GatewayError, MethodNotAllowed, NotFound, error_response
+
+log = logging.getLogger("gateway.service")
+
+ReadyCheck = Callable[[], Awaitable[dict[str, str]]]
+"""Returns one status per dependency: "ok", or a short reason. Any non-ok → 503."""
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def json_response(
+    data: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(data), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def request_id_of(scope: Scope) -> str:
+    return scope["state"]["request_id"]
+
+
+class RequestIdMiddleware:
+    """Accept a sane `x-request-id` from the client or make one; echo it on the response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _REQUEST_ID.match(candidate):
+                    rid = candidate
+                break
+        if rid is None:
+            rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        raw = rid.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.setdefault("headers", [])
+                if not any(k == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", raw))
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        err: GatewayError = NotFound(f"no route for {request.method} {request.url.path}")
+    elif exc.status_code == 405:
+        err = MethodNotAllowed(f"method {request.method} is not allowed on {request.url.path}")
+    else:
+        err = GatewayError(str(exc.detail))
+        err.status = exc.status_code
+        err.type = "invalid_request_error" if exc.status_code < 500 else "api_error"
+        err.code = None
+    return error_response(err)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return error_response(GatewayError("internal error"))
+
+
+def build_app(
+    name: str,
+    *,
+    routes: Sequence[BaseRoute],
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]],
+    ready: ReadyCheck | None = None,
+    registry: CollectorRegistry | None = None,
+    process_metrics: bool = True,
+) -> Starlette:
+    """A service app with `/healthz`, `/readyz`, `/metrics` and OpenAI-format errors."""
+    registry = registry or CollectorRegistry()
+    if process_metrics:
+        ProcessCollector(registry=registry)
+
+    async def healthz(request: Request) -> Response:
+        return json_response({"status": "ok", "service": name})
+
+    async def readyz(request: Request) -> Response:
+        checks: dict[str, str] = {}
+        if ready is not None:
+            try:
+                checks = await asyncio.wait_for(ready(), timeout=2.0)
+            except TimeoutError:
+                checks = {"readiness": "timed out"}
+        ok = all(v == "ok" for v in checks.values())
+        return json_response(
+            {"status": "ok" if ok else "unavailable", "service": name, "checks": checks},
+            200 if ok else 503,
+        )
+
+    async def metrics(request: Request) -> Response:
+        parts = [generate_latest(registry)]
+        for extra in getattr(request.app.state, "extra_registries", ()):
+            parts.append(generate_latest(extra))
+        return Response(b"".join(parts), media_type=CONTENT_TYPE_LATEST)
+
+    base: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    handlers: dict[Any, Any] = {
+        GatewayError: _gateway_error,
+        HTTPException: _http_error,
+        Exception: _unexpected,
+    }
+    app = Starlette(routes=[*base, *routes], lifespan=lifespan, exception_handlers=handlers)
+    app.state.registry = registry
+    app.state.service_name = name
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,59 @@
+"""Process settings: where things are, read once from the environment at start.
+
+Nothing on a request path reads `os.environ`; services receive a `Settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from services.kernel.config import Catalog, ConfigError, GatewayConfig, build_catalog, load_config
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a service needs to start, resolved from config file and environment."""
+
+    config: GatewayConfig
+    catalog: Catalog
+    master_key: str = dataclasses.field(repr=False)
+    data_dir: Path
+    redis_url: str | None = None
+    database_url: str | None = dataclasses.field(default=None, repr=False)
+    auth_url: str | None = None
+    classifier_url: str | None = None
+    cache_url: str | None = None
+    analytics_url: str | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        path = Path(env.get("GATEWAY_CONFIG", "gateway.yaml"))
+        config = load_config(path)
+        key_env = config.auth.master_key_env
+        master_key = env.get(key_env, "")
+        if not master_key:
+            raise ConfigError(
+                f"{path}: auth.master_key_env names {key_env}, which is not set in the environment"
+            )
+        if len(master_key) < 8:
+            raise ConfigError(f"{key_env} is too short: use at least 8 characters")
+        return cls(
+            config=config,
+            catalog=build_catalog(config, env),
+            master_key=master_key,
+            data_dir=Path(env.get("GATEWAY_DATA_DIR", "data")),
+            redis_url=env.get("REDIS_URL") or None,
+            database_url=env.get("DATABASE_URL") or None,
+            auth_url=env.get("AUTH_URL") or None,
+            classifier_url=env.get("CLASSIFIER_URL") or None,
+            cache_url=env.get("CACHE_URL") or None,
+            analytics_url=env.get("ANALYTICS_URL") or None,
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+        )
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

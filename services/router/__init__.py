@@ -1,0 +1,1 @@
+"""The router: the gateway's OpenAI-compatible ingress."""

@@ -1,0 +1,52 @@
+"""The router's Prometheus metrics (one registry per app, no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "gateway_requests_total",
+            "Requests answered, by endpoint, model, provider and status",
+            ["endpoint", "model", "provider", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request to the last byte of the response",
+            ["endpoint", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Streaming: time from request to the first chunk sent",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "gateway_tokens_total",
+            "Tokens by model and direction (prompt, completion)",
+            ["model", "direction"],
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors_total",
+            "Upstream failures by provider and error code",
+            ["provider", "code"],
+            registry=registry,
+        )
+        self.usage_events = Counter(
+            "gateway_usage_events_total",
+            "Usage events by outcome: published, spooled (Redis down), replayed",
+            ["outcome"],
+            registry=registry,
+        )
+        self.usage_buffer = Gauge(
+            "gateway_usage_events_buffered", "Usage events waiting to be published", registry=registry
+        )

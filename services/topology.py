@@ -1,0 +1,133 @@
+"""`make up` / `make down`: the distributed topology as local processes.
+
+Each service runs as its own uvicorn process (router 8080, auth 8081, classifier
+8082, cache 8083, analytics 8084, shifted by `GATEWAY_PORT_BASE - 8080`), talking
+over HTTP and Redis, with PostgreSQL for storage. Pid files under `.run/` let
+`down` stop exactly the processes `up` started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ORDER = ("analytics", "auth", "classifier", "cache", "router")
+OFFSETS = {"router": 0, "auth": 1, "classifier": 2, "cache": 3, "analytics": 4}
+
+
+def ports(base: int) -> dict[str, int]:
+    return {name: base + offset for name, offset in OFFSETS.items()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def up(run_dir: Path, host: str, base: int, timeout: float = 60.0) -> int:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port_of = ports(base)
+    env = dict(os.environ)
+    for name in ("auth", "classifier", "cache", "analytics"):
+        env[f"{name.upper()}_URL"] = f"http://{host}:{port_of[name]}"
+    for key in ("REDIS_URL", "DATABASE_URL"):
+        if not env.get(key):
+            print(f"{key} must be set for the distributed topology", file=sys.stderr)
+            return 2
+    started = []
+    for name in ORDER:
+        pid_file = run_dir / f"{name}.pid"
+        if pid_file.exists() and _alive(int(pid_file.read_text())):
+            print(f"{name} already running (pid {pid_file.read_text().strip()})")
+            continue
+        log = open(run_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services", name, "--host", host, "--port", str(port_of[name])],
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        pid_file.write_text(str(proc.pid))
+        started.append((name, proc))
+    deadline = time.monotonic() + timeout
+    for name, proc in started:
+        url = f"http://{host}:{port_of[name]}"
+        while not _ready(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                print(f"{name} did not become ready; see {run_dir / (name + '.log')}", file=sys.stderr)
+                down(run_dir)
+                return 1
+            time.sleep(0.1)
+        print(f"{name:<10} ready at {url} (pid {proc.pid})")
+    return 0
+
+
+def down(run_dir: Path, timeout: float = 20.0) -> int:
+    pids = {}
+    for pid_file in sorted(run_dir.glob("*.pid")):
+        pid = int(pid_file.read_text())
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            pids[pid_file] = pid
+        else:
+            pid_file.unlink()
+    deadline = time.monotonic() + timeout
+    for pid_file, pid in pids.items():
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            try:  # reap if it is our child (tests run up/down in-process)
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        pid_file.unlink(missing_ok=True)
+        print(f"stopped {pid_file.stem} (pid {pid})")
+    return 0
+
+
+def status(run_dir: Path) -> int:
+    for pid_file in sorted(run_dir.glob("*.pid")):
+        pid = int(pid_file.read_text())
+        print(f"{pid_file.stem:<10} pid {pid} {'running' if _alive(pid) else 'gone'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.topology", description=__doc__)
+    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("--run-dir", type=Path, default=Path(os.environ.get("GATEWAY_RUN_DIR", ".run")))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port-base", type=int, default=int(os.environ.get("GATEWAY_PORT_BASE", "8080")))
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        return up(args.run_dir, args.host, args.port_base)
+    if args.command == "down":
+        return down(args.run_dir)
+    return status(args.run_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
