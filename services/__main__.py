@@ -38,8 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.service, settings.log_level)
     app = importlib.import_module(module_name).create_app(settings)
     logging.getLogger("gateway").info(
-        "starting", extra={"service": args.service, "host": args.host, "port": args.port or default_port,
-                           "models": sorted(settings.catalog.models)}
+        "starting",
+        extra={
+            "service": args.service,
+            "host": args.host,
+            "port": args.port or default_port,
+            "models": sorted(settings.catalog.models),
+        },
     )
     uvicorn.run(
         app,

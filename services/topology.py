@@ -9,6 +9,7 @@ over HTTP and Redis, with PostgreSQL for storage. Pid files under `.run/` let
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -97,10 +98,8 @@ def down(run_dir: Path, timeout: float = 20.0) -> int:
     for pid_file, pid in pids.items():
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-            try:  # reap if it is our child (tests run up/down in-process)
+            with contextlib.suppress(ChildProcessError):  # reap it if it is our child
                 os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
         pid_file.unlink(missing_ok=True)

@@ -64,9 +64,7 @@ def create_app(
             if not settings.redis_url:
                 raise RuntimeError("REDIS_URL is required for the analytics service")
             redis = aioredis.from_url(settings.redis_url)
-            usage_stream = RedisUsageStream(
-                redis, settings.config.usage.stream, settings.config.usage.group
-            )
+            usage_stream = RedisUsageStream(redis, settings.config.usage.stream, settings.config.usage.group)
         store = await open_store(settings)
         consumer = UsageConsumer(usage_stream, store, metrics, name=socket.gethostname())
         task = asyncio.create_task(consumer.run(), name="usage-consumer")
@@ -87,9 +85,7 @@ def create_app(
                 await redis.aclose()
 
     async def ready() -> dict[str, str]:
-        store_status, stream_status = await asyncio.gather(
-            app.state.store.check(), app.state.stream.check()
-        )
+        store_status, stream_status = await asyncio.gather(app.state.store.check(), app.state.stream.check())
         return {"store": store_status, "stream": stream_status}
 
     async def summary(request: Request) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -17,9 +18,7 @@ log = logging.getLogger("gateway.analytics.consumer")
 
 class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.read = Counter(
-            "gateway_analytics_events_read_total", "Stream entries read", registry=registry
-        )
+        self.read = Counter("gateway_analytics_events_read_total", "Stream entries read", registry=registry)
         self.stored = Counter(
             "gateway_analytics_events_stored_total",
             "Usage rows newly inserted (duplicates excluded)",
@@ -85,9 +84,7 @@ class UsageConsumer:
         return inserted
 
     async def drain_pending(self) -> None:
-        while entries := await self.stream.read(
-            self.name, count=self.batch, block_ms=0, pending=True
-        ):
+        while entries := await self.stream.read(self.name, count=self.batch, block_ms=0, pending=True):
             await self.process(entries)
 
     async def run(self) -> None:
@@ -108,9 +105,7 @@ class UsageConsumer:
                     )
                     if stale:
                         await self.process(stale)
-                entries = await self.stream.read(
-                    self.name, count=self.batch, block_ms=self.block_ms
-                )
+                entries = await self.stream.read(self.name, count=self.batch, block_ms=self.block_ms)
                 if entries:
                     await self.process(entries)
                 backoff = 0.1
@@ -123,10 +118,8 @@ class UsageConsumer:
                     "usage batch not stored; will retry",
                     extra={"error": type(exc).__name__, "detail": str(exc)[:200]},
                 )
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
-                except TimeoutError:
-                    pass
                 backoff = min(backoff * 2, 5.0)
 
     async def drain(self) -> None:

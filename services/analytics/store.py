@@ -96,9 +96,7 @@ class PostgresUsageStore:
             )
             done = {
                 r["version"]
-                for r in await conn.fetch(
-                    "SELECT version FROM schema_migrations WHERE service = 'analytics'"
-                )
+                for r in await conn.fetch("SELECT version FROM schema_migrations WHERE service = 'analytics'")
             }
             for version, sql in migrations("postgres"):
                 if version not in done:
@@ -172,9 +170,7 @@ class SqliteUsageStore:
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)"
-            )
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
             for version, sql in migrations("sqlite"):
                 if version not in done:
@@ -226,8 +222,7 @@ class SqliteUsageStore:
 
     async def events(self, request_id: str, limit: int) -> list[dict[str, Any]]:
         sql = (
-            f"SELECT {', '.join(COLUMNS)} FROM usage_events WHERE request_id = ?"
-            " ORDER BY created_at LIMIT ?"
+            f"SELECT {', '.join(COLUMNS)} FROM usage_events WHERE request_id = ? ORDER BY created_at LIMIT ?"
         )
         rows = await self._run(lambda: self.conn.execute(sql, (request_id, limit)).fetchall())
         out = []
@@ -246,4 +241,3 @@ class SqliteUsageStore:
 
     async def close(self) -> None:
         await self._run(self.conn.close)
-

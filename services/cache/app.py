@@ -34,7 +34,5 @@ def create_app(settings: Settings, *, process_metrics: bool = True) -> Starlette
             return {"redis": f"unreachable: {type(exc).__name__}"}
         return {"redis": "ok"}
 
-    app = build_app(
-        "cache", routes=[], lifespan=lifespan, ready=ready, process_metrics=process_metrics
-    )
+    app = build_app("cache", routes=[], lifespan=lifespan, ready=ready, process_metrics=process_metrics)
     return app

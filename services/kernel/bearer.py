@@ -14,9 +14,7 @@ def bearer_token(scope: Scope) -> str | None:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthorized(
-                    "The Authorization header must be 'Bearer <key>'.", code="invalid_api_key"
-                )
+                raise Unauthorized("The Authorization header must be 'Bearer <key>'.", code="invalid_api_key")
             return token.strip()
     return None
 

@@ -26,12 +26,10 @@ class ServiceClient:
     @classmethod
     def in_process(cls, app: ASGIApp, *, timeout: float = 2.0) -> ServiceClient:
         transport = httpx.ASGITransport(app=app)
-        return cls(
-            httpx.AsyncClient(transport=transport, base_url=f"http://{cls.service}", timeout=timeout)
-        )
+        return cls(httpx.AsyncClient(transport=transport, base_url=f"http://{cls.service}", timeout=timeout))
 
     async def ready(self) -> str:
-        """"ok" when the service answers its readiness probe, else a short reason."""
+        """ "ok" when the service answers its readiness probe, else a short reason."""
         try:
             response = await self.http.get("/readyz", timeout=1.0)
         except httpx.HTTPError as exc:

@@ -50,9 +50,7 @@ class RedisUsageStream:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def read(
-        self, consumer: str, *, count: int, block_ms: int, pending: bool = False
-    ) -> list[Entry]:
+    async def read(self, consumer: str, *, count: int, block_ms: int, pending: bool = False) -> list[Entry]:
         reply = await self.redis.xreadgroup(
             self.group,
             consumer,
@@ -111,9 +109,7 @@ class MemoryUsageStream:
     async def ensure_group(self) -> None:
         return None
 
-    async def read(
-        self, consumer: str, *, count: int, block_ms: int, pending: bool = False
-    ) -> list[Entry]:
+    async def read(self, consumer: str, *, count: int, block_ms: int, pending: bool = False) -> list[Entry]:
         if pending:
             mine = [(i, d) for i, (c, d) in self._pending.items() if c == consumer]
             return mine[:count]

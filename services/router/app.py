@@ -12,6 +12,8 @@ import httpx
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from services.analytics.client import AnalyticsClient
@@ -19,6 +21,7 @@ from services.auth.client import AuthClient
 from services.cache.client import CacheClient
 from services.classifier.client import ClassifierClient
 from services.kernel.client import ServiceClient
+from services.kernel.errors import ServiceUnavailable
 from services.kernel.service import build_app
 from services.kernel.settings import Settings
 from services.kernel.stream import RedisUsageStream, UsageStream
@@ -78,9 +81,7 @@ def create_app(
             if usage_stream is None:
                 if not settings.redis_url:
                     raise RuntimeError("REDIS_URL is required for the router in distributed mode")
-                redis = aioredis.from_url(
-                    settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0
-                )
+                redis = aioredis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0)
                 stack.push_async_callback(redis.aclose)
                 usage_stream = RedisUsageStream(redis, config.usage.stream, config.usage.group)
 
@@ -132,16 +133,16 @@ def create_app(
     routes = []
     for prefix in ("/v1", ""):
         routes += [
-            Route(f"{prefix}/chat/completions", endpoints.call("chat_completions"), methods=["POST"]),
-            Route(f"{prefix}/embeddings", endpoints.call("embeddings"), methods=["POST"]),
-            Route(f"{prefix}/models", endpoints.call("list_models"), methods=["GET"]),
-            Route(f"{prefix}/models/{{model:path}}", endpoints.call("get_model"), methods=["GET"]),
+            Route(f"{prefix}/chat/completions", endpoints.chat_completions, methods=["POST"]),
+            Route(f"{prefix}/embeddings", endpoints.embeddings, methods=["POST"]),
+            Route(f"{prefix}/models", endpoints.list_models, methods=["GET"]),
+            Route(f"{prefix}/models/{{model:path}}", endpoints.get_model, methods=["GET"]),
         ]
     return build_app("router", routes=routes, lifespan=lifespan, ready=ready, registry=registry)
 
 
 class _Late:
-    """Routes exist before the lifespan opens their dependencies; bind them then."""
+    """Routes exist before the lifespan opens their dependencies; it binds them then."""
 
     def __init__(self) -> None:
         self.target: Endpoints | None = None
@@ -149,9 +150,19 @@ class _Late:
     def bind(self, target: Endpoints) -> None:
         self.target = target
 
-    def call(self, name: str):  # type: ignore[no-untyped-def]
-        async def handler(request):  # type: ignore[no-untyped-def]
-            return await getattr(self.target, name)(request)
+    def _get(self) -> Endpoints:
+        if self.target is None:
+            raise ServiceUnavailable("the gateway is starting")
+        return self.target
 
-        handler.__name__ = name
-        return handler
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._get().chat_completions(request)
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self._get().embeddings(request)
+
+    async def list_models(self, request: Request) -> Response:
+        return await self._get().list_models(request)
+
+    async def get_model(self, request: Request) -> Response:
+        return await self._get().get_model(request)

@@ -201,7 +201,9 @@ class Endpoints:
                 self.finish(rec)
                 await upstream.aclose()
 
-        return StreamingResponse(relay(), media_type="text/event-stream", headers={**SSE_HEADERS, **self._headers(dep)})
+        return StreamingResponse(
+            relay(), media_type="text/event-stream", headers={**SSE_HEADERS, **self._headers(dep)}
+        )
 
     async def embeddings(self, request: Request) -> Response:
         rec = self._start(request, "embeddings")
@@ -223,7 +225,12 @@ class Endpoints:
         return Response(completion.body, media_type="application/json", headers=self._headers(dep))
 
     def _model_card(self, name: str) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": self.created, "owned_by": self.models[name][0].provider}
+        return {
+            "id": name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": self.models[name][0].provider,
+        }
 
     async def list_models(self, request: Request) -> Response:
         require_master_key(request.scope, self.master_key)

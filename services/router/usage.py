@@ -8,6 +8,7 @@ waits for Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -94,10 +95,8 @@ class UsagePublisher:
 
     async def run(self) -> None:
         while not self._stopping:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval)
-            except TimeoutError:
-                pass
             self._wake.clear()
             self.metrics.usage_buffer.set(len(self._buffer))
             await self.flush()

@@ -123,22 +123,18 @@ def check_embeddings(body: dict[str, Any]) -> str:
     """Validate an embeddings request; return the model."""
     model = _model(body)
     value = body.get("input")
-    ok = (
-        (isinstance(value, str) and value != "")
-        or (
-            isinstance(value, list)
-            and 0 < len(value) <= 2048
-            and (
-                all(isinstance(x, str) and x != "" for x in value)
-                or all(_is_int(x) for x in value)
-                or all(isinstance(x, list) and x and all(_is_int(t) for t in x) for x in value)
-            )
+    ok = (isinstance(value, str) and value != "") or (
+        isinstance(value, list)
+        and 0 < len(value) <= 2048
+        and (
+            all(isinstance(x, str) and x != "" for x in value)
+            or all(_is_int(x) for x in value)
+            or all(isinstance(x, list) and x and all(_is_int(t) for t in x) for x in value)
         )
     )
     if not ok:
         raise InvalidRequest(
-            "'input' must be a non-empty string, an array of up to 2048 non-empty strings, "
-            "or token arrays.",
+            "'input' must be a non-empty string, an array of up to 2048 non-empty strings, or token arrays.",
             param="input",
             code="invalid_value",
         )

@@ -42,9 +42,7 @@ class ChatStream(Protocol):
 
 
 class Provider(Protocol):
-    async def chat(
-        self, dep: Deployment, body: dict[str, Any], *, http: httpx.AsyncClient
-    ) -> Completion: ...
+    async def chat(self, dep: Deployment, body: dict[str, Any], *, http: httpx.AsyncClient) -> Completion: ...
 
     async def chat_stream(
         self,

@@ -27,11 +27,39 @@ from services.router.providers.base import Completion, Usage
 from services.router.providers.sse import DONE, frame
 from services.router.providers.tokens import count_messages, count_text
 
-_WORDS = (
-    "the gateway answers every request with a short deterministic reply so that "
-    "tests and benchmarks see stable text token counts and timing while no real "
-    "model runs behind it at all"
-).split()
+_WORDS = [
+    "the",
+    "gateway",
+    "answers",
+    "every",
+    "request",
+    "with",
+    "a",
+    "short",
+    "deterministic",
+    "reply",
+    "so",
+    "that",
+    "tests",
+    "and",
+    "benchmarks",
+    "see",
+    "stable",
+    "text",
+    "token",
+    "counts",
+    "and",
+    "timing",
+    "while",
+    "no",
+    "real",
+    "model",
+    "runs",
+    "behind",
+    "it",
+    "at",
+    "all",
+]
 
 
 def _seed(messages: list[dict[str, Any]]) -> bytes:
@@ -84,13 +112,18 @@ class MockStream:
             if i and gap:
                 await asyncio.sleep(gap)
             delta: dict[str, Any] = {"role": "assistant", "content": token} if i == 0 else {"content": token}
-            chunk = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
+            chunk = {
+                **base,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
+            }
             if self.first_chunk_at is None:
                 self.first_chunk_at = time.perf_counter()
             self.usage.completion_tokens = i + 1
             yield frame(chunk)
         finish = "length" if self.truncated else "stop"
-        yield frame({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]})
+        yield frame(
+            {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
+        )
         if self.include_usage:
             yield frame({**base, "choices": [], "usage": _usage_body(self.usage)})
         yield DONE
@@ -128,8 +161,11 @@ class MockProvider:
         limit, truncated = _limit(dep, body)
         tokens = reply_tokens(messages, limit)
         params = dep.mock
-        delay = params.latency_ms / 1000 if params.latency_ms else params.ttft_ms / 1000 + (
-            (len(tokens) - 1) / params.tokens_per_second if params.tokens_per_second else 0.0
+        delay = (
+            params.latency_ms / 1000
+            if params.latency_ms
+            else params.ttft_ms / 1000
+            + ((len(tokens) - 1) / params.tokens_per_second if params.tokens_per_second else 0.0)
         )
         if delay > 0:
             await asyncio.sleep(delay)
@@ -163,7 +199,9 @@ class MockProvider:
         _check(body)
         return MockStream(dep, body, include_usage)
 
-    async def embeddings(self, dep: Deployment, body: dict[str, Any], *, http: httpx.AsyncClient) -> Completion:
+    async def embeddings(
+        self, dep: Deployment, body: dict[str, Any], *, http: httpx.AsyncClient
+    ) -> Completion:
         raw = body["input"]
         texts: list[str]
         if isinstance(raw, str):

@@ -1,0 +1,70 @@
+"""Shared fixtures: the real Redis and PostgreSQL this machine runs, and settings."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from services.kernel.config import build_catalog, load_config
+from services.kernel.settings import Settings
+
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+DATABASE_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+MASTER_KEY = "sk-test-master-key"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except (OSError, aioredis.RedisError) as exc:
+        await client.aclose()
+        pytest.fail(f"Redis is not answering at {REDIS_URL} ({exc}); `make test` starts it when installed")
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[asyncpg.Pool]:
+    try:
+        pool = await asyncpg.create_pool(DATABASE_URL, min_size=1, max_size=2)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL is not answering at {DATABASE_URL} ({exc}); `make test` starts it")
+    yield pool
+    await pool.close()
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+MOCK_ONLY = """
+models:
+  - name: mock-small
+    deployments:
+      - provider: mock
+        model: mock-small
+"""
+
+
+def make_settings(tmp_path: Path, config_text: str = MOCK_ONLY, **changes: object) -> Settings:
+    config = load_config(write_config(tmp_path / "gateway.yaml", config_text))
+    settings = Settings(
+        config=config,
+        catalog=build_catalog(config, {}),
+        master_key=MASTER_KEY,
+        data_dir=tmp_path / "data",
+    )
+    return settings.replace(**changes) if changes else settings
