@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -21,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.kernel.errors import GatewayError, MethodNotAllowed, NotFound, error_response
+from services.kernel.ids import new_id
 
 log = logging.getLogger("gateway.service")
 
@@ -56,7 +56,7 @@ class RequestIdMiddleware:
                     rid = candidate
                 break
         if rid is None:
-            rid = uuid.uuid4().hex
+            rid = new_id()
         scope.setdefault("state", {})["request_id"] = rid
         raw = rid.encode()
 

@@ -8,7 +8,6 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 
-import httpx
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -28,6 +27,7 @@ from services.kernel.stream import RedisUsageStream, UsageStream
 from services.router.endpoints import Endpoints
 from services.router.metrics import RouterMetrics
 from services.router.spool import Spool
+from services.router.upstream import AiohttpUpstream
 from services.router.usage import UsagePublisher
 
 
@@ -90,11 +90,7 @@ def create_app(
                 stack.push_async_callback(client.aclose)
             app.state.helpers = clients
 
-            http = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=2048, max_keepalive_connections=512),
-                timeout=httpx.Timeout(120.0, connect=5.0),
-                follow_redirects=False,
-            )
+            http = AiohttpUpstream.open()
             stack.push_async_callback(http.aclose)
 
             publisher = UsagePublisher(

@@ -6,23 +6,23 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from services.kernel.bearer import require_master_key
 from services.kernel.config import Deployment
 from services.kernel.errors import GatewayError, PayloadTooLarge
+from services.kernel.ids import new_id
 from services.kernel.service import json_response
 from services.kernel.usage import UsageEvent
 from services.router.metrics import RouterMetrics
 from services.router.providers import PROVIDERS
 from services.router.providers.base import ChatStream, Completion, Usage
 from services.router.routing import attempt_order, deployments_for
+from services.router.upstream import Upstream
 from services.router.usage import UsagePublisher
 from services.router.validation import check_chat, check_embeddings, parse_object
 
@@ -71,7 +71,7 @@ class Endpoints:
         models: dict[str, tuple[Deployment, ...]],
         master_key: str,
         max_body_bytes: int,
-        http: httpx.AsyncClient,
+        http: Upstream,
         publisher: UsagePublisher,
         metrics: RouterMetrics,
         created: int,
@@ -92,7 +92,7 @@ class Endpoints:
         latency = now - rec.started
         ttft = None if rec.first_chunk_at is None else rec.first_chunk_at - rec.started
         event: UsageEvent = {
-            "event_id": uuid.uuid4().hex,
+            "event_id": new_id(),
             "request_id": rec.request_id,
             "key_id": rec.key_id,
             "endpoint": rec.endpoint,
@@ -110,15 +110,7 @@ class Endpoints:
             "created_at": time.time(),
         }
         self.publisher.emit(event)
-        m = self.metrics
-        m.requests.labels(rec.endpoint, rec.model, rec.provider, str(rec.status)).inc()
-        m.duration.labels(rec.endpoint, rec.model).observe(latency)
-        if ttft is not None:
-            m.ttft.labels(rec.model).observe(ttft)
-        if rec.usage.prompt_tokens:
-            m.tokens.labels(rec.model, "prompt").inc(rec.usage.prompt_tokens)
-        if rec.usage.completion_tokens:
-            m.tokens.labels(rec.model, "completion").inc(rec.usage.completion_tokens)
+        self.metrics.record(rec.endpoint, rec.model, rec.provider, rec.status, latency, ttft, rec.usage)
 
     def _headers(self, dep: Deployment) -> dict[str, str]:
         return {"x-gateway-model": dep.public_model, "x-gateway-provider": dep.provider}

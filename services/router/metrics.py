@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.router.providers.base import Usage
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -50,3 +54,38 @@ class RouterMetrics:
         self.usage_buffer = Gauge(
             "gateway_usage_events_buffered", "Usage events waiting to be published", registry=registry
         )
+        self._children: dict[tuple[str, str, str, int], tuple[Any, ...]] = {}
+
+    def record(
+        self,
+        endpoint: str,
+        model: str,
+        provider: str,
+        status: int,
+        latency: float,
+        ttft: float | None,
+        usage: Usage,
+    ) -> None:
+        """Count one finished request. Label children are looked up once per combination."""
+        key = (endpoint, model, provider, status)
+        children = self._children.get(key)
+        if children is None:
+            if len(self._children) > 10_000:  # bounded: labels come from configured names
+                self._children.clear()
+            children = (
+                self.requests.labels(endpoint, model, provider, str(status)),
+                self.duration.labels(endpoint, model),
+                self.ttft.labels(model),
+                self.tokens.labels(model, "prompt"),
+                self.tokens.labels(model, "completion"),
+            )
+            self._children[key] = children
+        requests, duration, ttft_hist, prompt, completion = children
+        requests.inc()
+        duration.observe(latency)
+        if ttft is not None:
+            ttft_hist.observe(ttft)
+        if usage.prompt_tokens:
+            prompt.inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            completion.inc(usage.completion_tokens)

@@ -1,13 +1,13 @@
-"""The OpenAI-compatible adapter against recorded payloads (httpx.MockTransport)."""
+"""The OpenAI-compatible adapter against recorded payloads, through a fake Upstream."""
 
 import dataclasses
 
-import httpx
 import orjson
 import pytest
 
 from services.kernel.errors import InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
 from services.router.providers.openai import OpenAIProvider
+from services.router.upstream import ConnectFailed, ReadTimedOut, Timeouts, UpstreamResponse
 from tests.unit.test_mock_provider import DEP as MOCK_DEP
 
 DEP = dataclasses.replace(
@@ -40,18 +40,71 @@ SSE = (
 )
 
 
-def client(handler) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+class Request:
+    def __init__(self, url: str, headers, content: bytes) -> None:
+        self.url, self.headers, self.content = url, dict(headers), content
+
+
+class Response:
+    def __init__(self, status: int, *, json=None, content: bytes = b"", headers=None) -> None:
+        self.status = status
+        self.content = orjson.dumps(json) if json is not None else content
+        self.headers = headers or {}
+
+
+class Recorded:
+    """An Upstream that answers from a handler; streams arrive in small uneven pieces."""
+
+    def __init__(self, handler) -> None:
+        self.handler = handler
+
+    async def post(self, url, *, content, headers, timeouts: Timeouts):
+        response = self.handler(Request(url, headers, content))
+        return UpstreamResponse(response.status, response.headers, response.content)
+
+    async def open_stream(self, url, *, content, headers, timeouts: Timeouts):
+        response = self.handler(Request(url, headers, content))
+        return RecordedStream(response)
+
+
+class RecordedStream:
+    def __init__(self, response: Response) -> None:
+        self.status, self.headers, self.content = response.status, response.headers, response.content
+
+    async def chunks(self):
+        for i in range(0, len(self.content), 37):
+            yield self.content[i : i + 37]
+
+    async def read(self):
+        return self.content
+
+    async def aclose(self):
+        return None
+
+
+def client(handler) -> "RecordedClient":
+    return RecordedClient(handler)
+
+
+class RecordedClient:
+    def __init__(self, handler) -> None:
+        self.upstream = Recorded(handler)
+
+    async def __aenter__(self) -> Recorded:
+        return self.upstream
+
+    async def __aexit__(self, *exc) -> None:
+        return None
 
 
 async def test_chat_passes_the_body_through_and_reads_usage():
     seen = {}
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Request) -> Response:
         seen["url"] = str(request.url)
         seen["auth"] = request.headers["authorization"]
         seen["body"] = orjson.loads(request.content)
-        return httpx.Response(200, json=COMPLETION)
+        return Response(200, json=COMPLETION)
 
     body = {"model": "public", "messages": [], "tools": [{"type": "function"}], "seed": 1, "x": {"y": 2}}
     async with client(handler) as http:
@@ -66,9 +119,9 @@ async def test_chat_passes_the_body_through_and_reads_usage():
 async def test_stream_asks_for_usage_and_hides_it_when_not_requested():
     seen = {}
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Request) -> Response:
         seen["body"] = orjson.loads(request.content)
-        return httpx.Response(200, content=SSE, headers={"content-type": "text/event-stream"})
+        return Response(200, content=SSE, headers={"content-type": "text/event-stream"})
 
     async with client(handler) as http:
         stream = await OpenAIProvider().chat_stream(
@@ -84,7 +137,7 @@ async def test_stream_asks_for_usage_and_hides_it_when_not_requested():
 
 
 async def test_stream_keeps_usage_when_requested():
-    async with client(lambda r: httpx.Response(200, content=SSE)) as http:
+    async with client(lambda r: Response(200, content=SSE)) as http:
         stream = await OpenAIProvider().chat_stream(
             DEP,
             {"messages": [], "stream": True, "stream_options": {"include_usage": True}},
@@ -97,7 +150,7 @@ async def test_stream_keeps_usage_when_requested():
 
 def error(status: int, message: str = "boom", headers: dict | None = None):
     body = {"error": {"message": message, "type": "x", "param": None, "code": None}}
-    return lambda request: httpx.Response(status, json=body, headers=headers or {})
+    return lambda request: Response(status, json=body, headers=headers or {})
 
 
 @pytest.mark.parametrize(
@@ -109,7 +162,7 @@ def error(status: int, message: str = "boom", headers: dict | None = None):
         (error(429, headers={"retry-after": "7"}), RateLimited, 429),
         (error(500), UpstreamError, 502),
         (error(503), UpstreamError, 502),
-        (lambda r: httpx.Response(200, content=b"<html>"), UpstreamError, 502),
+        (lambda r: Response(200, content=b"<html>"), UpstreamError, 502),
     ],
 )
 async def test_upstream_statuses_map_to_client_statuses(handler, kind, status):
@@ -131,10 +184,10 @@ async def test_rate_limit_keeps_retry_after_and_is_retryable():
 
 async def test_transport_failures():
     def refuse(request):
-        raise httpx.ConnectError("refused")
+        raise ConnectFailed("refused")
 
     def slow(request):
-        raise httpx.ReadTimeout("slow")
+        raise ReadTimedOut("slow")
 
     async with client(refuse) as http:
         with pytest.raises(UpstreamError) as err:

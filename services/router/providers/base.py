@@ -6,10 +6,9 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-import httpx
-
 from services.kernel.config import Deployment
 from services.kernel.errors import GatewayError
+from services.router.upstream import Upstream
 
 
 @dataclasses.dataclass(slots=True)
@@ -42,17 +41,15 @@ class ChatStream(Protocol):
 
 
 class Provider(Protocol):
-    async def chat(self, dep: Deployment, body: dict[str, Any], *, http: httpx.AsyncClient) -> Completion: ...
+    async def chat(self, dep: Deployment, body: dict[str, Any], *, http: Upstream) -> Completion: ...
 
     async def chat_stream(
         self,
         dep: Deployment,
         body: dict[str, Any],
         *,
-        http: httpx.AsyncClient,
+        http: Upstream,
         include_usage: bool,
     ) -> ChatStream: ...
 
-    async def embeddings(
-        self, dep: Deployment, body: dict[str, Any], *, http: httpx.AsyncClient
-    ) -> Completion: ...
+    async def embeddings(self, dep: Deployment, body: dict[str, Any], *, http: Upstream) -> Completion: ...

@@ -18,7 +18,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 
 from services.kernel.config import Deployment
@@ -26,6 +25,7 @@ from services.kernel.errors import InvalidRequest
 from services.router.providers.base import Completion, Usage
 from services.router.providers.sse import DONE, frame
 from services.router.providers.tokens import count_messages, count_text
+from services.router.upstream import Upstream
 
 _WORDS = [
     "the",
@@ -155,7 +155,7 @@ def embedding(text: str, dimensions: int) -> list[float]:
 class MockProvider:
     """Answers in-process; `http` is accepted for the common interface and unused."""
 
-    async def chat(self, dep: Deployment, body: dict[str, Any], *, http: httpx.AsyncClient) -> Completion:
+    async def chat(self, dep: Deployment, body: dict[str, Any], *, http: Upstream) -> Completion:
         _check(body)
         messages = body["messages"]
         limit, truncated = _limit(dep, body)
@@ -193,15 +193,13 @@ class MockProvider:
         dep: Deployment,
         body: dict[str, Any],
         *,
-        http: httpx.AsyncClient,
+        http: Upstream,
         include_usage: bool,
     ) -> MockStream:
         _check(body)
         return MockStream(dep, body, include_usage)
 
-    async def embeddings(
-        self, dep: Deployment, body: dict[str, Any], *, http: httpx.AsyncClient
-    ) -> Completion:
+    async def embeddings(self, dep: Deployment, body: dict[str, Any], *, http: Upstream) -> Completion:
         raw = body["input"]
         texts: list[str]
         if isinstance(raw, str):

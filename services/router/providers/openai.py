@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 
 from services.kernel.config import Deployment
@@ -25,6 +24,15 @@ from services.kernel.errors import (
 )
 from services.router.providers.base import Completion, Usage
 from services.router.providers.sse import DONE, EventSplitter, data_of, frame
+from services.router.upstream import (
+    ConnectFailed,
+    ConnectTimedOut,
+    ReadTimedOut,
+    Timeouts,
+    TransportError,
+    Upstream,
+    UpstreamStream,
+)
 
 
 def _headers(dep: Deployment) -> dict[str, str]:
@@ -34,8 +42,8 @@ def _headers(dep: Deployment) -> dict[str, str]:
     return headers
 
 
-def _timeout(dep: Deployment) -> httpx.Timeout:
-    return httpx.Timeout(dep.timeout_s, connect=dep.connect_timeout_s)
+def _timeouts(dep: Deployment) -> Timeouts:
+    return Timeouts(read=dep.timeout_s, connect=dep.connect_timeout_s)
 
 
 def _upstream_message(content: bytes) -> str:
@@ -72,16 +80,16 @@ def upstream_error(dep: Deployment, status: int, content: bytes, retry_after: st
     return err
 
 
-def transport_error(dep: Deployment, exc: httpx.HTTPError) -> GatewayError:
+def transport_error(dep: Deployment, exc: TransportError) -> GatewayError:
     where = f"{dep.provider} deployment of {dep.public_model!r}"
-    if isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, ConnectTimedOut):
         err: GatewayError = UpstreamTimeout(f"timed out connecting to the {where}")
         err.retryable = True
         return err
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, ReadTimedOut):
         return UpstreamTimeout(f"the {where} did not answer within {dep.timeout_s:g} s")
     err = UpstreamError(f"could not reach the {where}: {type(exc).__name__}")
-    err.retryable = isinstance(exc, httpx.ConnectError)
+    err.retryable = isinstance(exc, ConnectFailed)
     return err
 
 
@@ -96,7 +104,7 @@ def _usage_of(obj: Any) -> Usage | None:
 
 
 class OpenAIStream:
-    def __init__(self, response: httpx.Response, dep: Deployment, include_usage: bool) -> None:
+    def __init__(self, response: UpstreamStream, dep: Deployment, include_usage: bool) -> None:
         self.response = response
         self.dep = dep
         self.include_usage = include_usage
@@ -128,14 +136,14 @@ class OpenAIStream:
     async def frames(self) -> AsyncIterator[bytes]:
         splitter = EventSplitter()
         try:
-            async for chunk in self.response.aiter_bytes():
+            async for chunk in self.response.chunks():
                 out = [f for e in splitter.feed(chunk) if (f := self._rewrite(e)) is not None]
                 if out:
                     yield b"".join(out)
             tail = splitter.rest().strip()
             if tail and (f := self._rewrite(tail)) is not None:
                 yield f
-        except httpx.HTTPError as exc:
+        except TransportError as exc:
             # Headers are sent already: report in-band, as OpenAI does, and end the stream.
             self.error = transport_error(self.dep, exc)
             yield frame(self.error.body())
@@ -148,79 +156,61 @@ class OpenAIStream:
 class OpenAIProvider:
     """The generic OpenAI-compatible adapter."""
 
-    async def chat(self, dep: Deployment, body: dict[str, Any], *, http: httpx.AsyncClient) -> Completion:
-        payload = dict(body)
-        payload["model"] = dep.model
-        try:
-            response = await http.post(
-                f"{dep.base_url}/chat/completions",
-                content=orjson.dumps(payload),
-                headers=_headers(dep),
-                timeout=_timeout(dep),
-            )
-        except httpx.HTTPError as exc:
-            raise transport_error(dep, exc) from None
-        content = response.content
-        if response.status_code >= 400:
-            raise upstream_error(dep, response.status_code, content, response.headers.get("retry-after"))
-        try:
-            obj = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("upstream answered with a body that is not JSON") from None
-        return Completion(content, _usage_of(obj) or Usage())
+    async def chat(self, dep: Deployment, body: dict[str, Any], *, http: Upstream) -> Completion:
+        return await _post_json(dep, "chat/completions", body, http)
 
     async def chat_stream(
         self,
         dep: Deployment,
         body: dict[str, Any],
         *,
-        http: httpx.AsyncClient,
+        http: Upstream,
         include_usage: bool,
     ) -> OpenAIStream:
         payload = dict(body)
         payload["model"] = dep.model
         options = payload.get("stream_options")
         payload["stream_options"] = {**(options or {}), "include_usage": True}
-        request = http.build_request(
-            "POST",
-            f"{dep.base_url}/chat/completions",
-            content=orjson.dumps(payload),
-            headers=_headers(dep),
-            timeout=_timeout(dep),
-        )
         try:
-            response = await http.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            response = await http.open_stream(
+                f"{dep.base_url}/chat/completions",
+                content=orjson.dumps(payload),
+                headers=_headers(dep),
+                timeouts=_timeouts(dep),
+            )
+        except TransportError as exc:
             raise transport_error(dep, exc) from None
-        if response.status_code >= 400:
+        if response.status >= 400:
             try:
-                content = await response.aread()
-            except httpx.HTTPError:
+                content = await response.read()
+            except TransportError:
                 content = b""
             finally:
                 await response.aclose()
-            raise upstream_error(dep, response.status_code, content, response.headers.get("retry-after"))
+            raise upstream_error(dep, response.status, content, response.headers.get("retry-after"))
         return OpenAIStream(response, dep, include_usage)
 
-    async def embeddings(
-        self, dep: Deployment, body: dict[str, Any], *, http: httpx.AsyncClient
-    ) -> Completion:
-        payload = dict(body)
-        payload["model"] = dep.model
-        try:
-            response = await http.post(
-                f"{dep.base_url}/embeddings",
-                content=orjson.dumps(payload),
-                headers=_headers(dep),
-                timeout=_timeout(dep),
-            )
-        except httpx.HTTPError as exc:
-            raise transport_error(dep, exc) from None
-        content = response.content
-        if response.status_code >= 400:
-            raise upstream_error(dep, response.status_code, content, response.headers.get("retry-after"))
-        try:
-            obj = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("upstream answered with a body that is not JSON") from None
-        return Completion(content, _usage_of(obj) or Usage())
+    async def embeddings(self, dep: Deployment, body: dict[str, Any], *, http: Upstream) -> Completion:
+        return await _post_json(dep, "embeddings", body, http)
+
+
+async def _post_json(dep: Deployment, path: str, body: dict[str, Any], http: Upstream) -> Completion:
+    """One plain request; the answer goes back to the client byte for byte."""
+    payload = dict(body)
+    payload["model"] = dep.model
+    try:
+        response = await http.post(
+            f"{dep.base_url}/{path}",
+            content=orjson.dumps(payload),
+            headers=_headers(dep),
+            timeouts=_timeouts(dep),
+        )
+    except TransportError as exc:
+        raise transport_error(dep, exc) from None
+    if response.status >= 400:
+        raise upstream_error(dep, response.status, response.content, response.headers.get("retry-after"))
+    try:
+        obj = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("upstream answered with a body that is not JSON") from None
+    return Completion(response.content, _usage_of(obj) or Usage())
