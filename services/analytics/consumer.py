@@ -10,7 +10,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.analytics.store import UsageStore
-from services.kernel.stream import Entry, UsageStream
+from services.kernel.stream import Entry, UsageStream, events_of
 from services.kernel.usage import BadEvent, UsageEvent, decode_event
 
 log = logging.getLogger("gateway.analytics.consumer")
@@ -26,7 +26,7 @@ class ConsumerMetrics:
         )
         self.rejected = Counter(
             "gateway_analytics_events_rejected_total",
-            "Stream entries that were not valid usage events",
+            "Stream lines that were not valid usage events",
             registry=registry,
         )
         self.failures = Counter(
@@ -51,7 +51,7 @@ class UsageConsumer:
         metrics: ConsumerMetrics,
         *,
         name: str,
-        batch: int = 500,
+        batch: int = 32,  # stream entries per read; each holds up to a flush of events
         block_ms: int = 1000,
         claim_idle_ms: int = 60_000,
     ) -> None:
@@ -67,15 +67,14 @@ class UsageConsumer:
     async def process(self, entries: list[Entry]) -> int:
         """Store then ack one batch; raises (nothing acked) if the store fails."""
         good: list[UsageEvent] = []
-        for entry_id, raw in entries:
-            if not raw:  # deleted from the stream after being delivered: nothing to store
-                continue
-            try:
-                good.append(decode_event(raw))
-            except BadEvent as exc:
-                self.metrics.rejected.inc()
-                log.warning("rejected stream entry", extra={"entry": entry_id, "reason": str(exc)})
-        self.metrics.read.inc(len(entries))
+        for entry_id, data in entries:
+            for raw in events_of(data):
+                try:
+                    good.append(decode_event(raw))
+                except BadEvent as exc:
+                    self.metrics.rejected.inc()
+                    log.warning("rejected usage event", extra={"entry": entry_id, "reason": str(exc)})
+        self.metrics.read.inc(len(good))
         inserted = await self.store.insert(good)
         await self.stream.ack([entry_id for entry_id, _ in entries])
         self.metrics.stored.inc(inserted)

@@ -1,8 +1,13 @@
 """The usage stream: Redis Streams with a consumer group, or an in-process stand-in.
 
-Both keep the same contract: `publish` appends events; `read` hands each event to
-one consumer and keeps it pending until `ack`; a consumer that restarts first gets
-its own pending events back (`read(..., pending=True)`).
+Both keep the same contract: `publish` appends a batch of events; `read` hands each
+entry to one consumer and keeps it pending until `ack`; a consumer that restarts
+first gets its own pending entries back (`read(..., pending=True)`).
+
+An entry's data is one or more events, newline-separated (JSON lines): the router
+publishes each flush as one entry, one XADD instead of one per event (per-command
+client overhead was a sixth of the router's CPU at ~1,900 requests/s). Use
+`events_of` to split an entry.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 Entry = tuple[str, bytes]
+
+
+def events_of(data: bytes) -> list[bytes]:
+    """The events in one entry's data (empty for an entry deleted after delivery)."""
+    return [line for line in data.split(b"\n") if line]
 
 
 class UsageStream(Protocol):
@@ -38,10 +48,8 @@ class RedisUsageStream:
         self.group = group
 
     async def publish(self, events: Sequence[bytes]) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                pipe.xadd(self.stream, {b"e": event})
-            await pipe.execute()
+        if events:
+            await self.redis.xadd(self.stream, {b"e": b"\n".join(events)})
 
     async def ensure_group(self) -> None:
         try:
@@ -102,9 +110,9 @@ class MemoryUsageStream:
         self._wakeup = asyncio.Event()
 
     async def publish(self, events: Sequence[bytes]) -> None:
-        for event in events:
-            self._new.append((f"{next(self._ids)}-0", event))
-        self._wakeup.set()
+        if events:
+            self._new.append((f"{next(self._ids)}-0", b"\n".join(events)))
+            self._wakeup.set()
 
     async def ensure_group(self) -> None:
         return None

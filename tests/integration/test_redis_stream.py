@@ -1,6 +1,6 @@
 import orjson
 
-from services.kernel.stream import RedisUsageStream
+from services.kernel.stream import RedisUsageStream, events_of
 from tests.conftest import unique
 
 
@@ -10,7 +10,8 @@ async def test_publish_read_ack_and_pending(redis):
     try:
         await stream.ensure_group()
         await stream.ensure_group()  # idempotent
-        await stream.publish([orjson.dumps({"i": i}) for i in range(5)])
+        for i in range(5):
+            await stream.publish([orjson.dumps({"i": i})])
         got = await stream.read("c1", count=3, block_ms=100)
         assert [orjson.loads(d)["i"] for _, d in got] == [0, 1, 2]
         # Not acked: a restart of the same consumer gets them back first.
@@ -27,12 +28,27 @@ async def test_publish_read_ack_and_pending(redis):
         await redis.delete(name)
 
 
+async def test_one_publish_is_one_entry_of_json_lines(redis):
+    name = unique("test:usage")
+    stream = RedisUsageStream(redis, name, "analytics")
+    try:
+        await stream.ensure_group()
+        await stream.publish([b'{"a":1}', b'{"b":2}'])
+        await stream.publish([])
+        entries = await stream.read("c1", count=10, block_ms=100)
+        assert len(entries) == 1
+        assert events_of(entries[0][1]) == [b'{"a":1}', b'{"b":2}']
+    finally:
+        await redis.delete(name)
+
+
 async def test_a_dead_consumers_entries_are_claimed(redis):
     name = unique("test:usage")
     stream = RedisUsageStream(redis, name, "analytics")
     try:
         await stream.ensure_group()
-        await stream.publish([b"x", b"y"])
+        await stream.publish([b"x"])
+        await stream.publish([b"y"])
         taken = await stream.read("dead", count=10, block_ms=100)
         assert len(taken) == 2
         claimed = await stream.claim_stale("alive", min_idle_ms=0, count=10)

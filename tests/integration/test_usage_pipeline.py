@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from services.analytics.consumer import ConsumerMetrics, UsageConsumer
 from services.analytics.store import PostgresUsageStore
-from services.kernel.stream import RedisUsageStream
+from services.kernel.stream import RedisUsageStream, events_of
 from services.router.metrics import RouterMetrics
 from services.router.spool import Spool
 from services.router.usage import UsagePublisher
@@ -123,7 +123,9 @@ async def test_publisher_spools_while_redis_is_down_and_replays(redis, tmp_path)
         await publisher.flush()
         assert not spool.has_events()
         entries = await redis.xrange(name)
-        ids = sorted(orjson.loads(fields[b"e"])["request_id"] for _, fields in entries)
+        ids = sorted(
+            orjson.loads(line)["request_id"] for _, fields in entries for line in events_of(fields[b"e"])
+        )
         assert ids == sorted(f"{tag}-{i}" for i in range(21))
     finally:
         await down.aclose()

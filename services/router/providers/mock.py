@@ -62,6 +62,9 @@ _WORDS = [
 ]
 
 
+MAX_DIMENSIONS = 4096
+
+
 def _seed(messages: list[dict[str, Any]]) -> bytes:
     return hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).digest()
 
@@ -211,6 +214,10 @@ class MockProvider:
             if all(isinstance(x, int) for x in raw):
                 texts = [" ".join(map(str, raw))]
         dimensions = body.get("dimensions") or 256
+        if dimensions > MAX_DIMENSIONS:
+            raise InvalidRequest(
+                f"the mock provider makes at most {MAX_DIMENSIONS} dimensions", param="dimensions"
+            )
         as_base64 = body.get("encoding_format") == "base64"
         data = []
         for i, text in enumerate(texts):
