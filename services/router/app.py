@@ -103,12 +103,12 @@ def create_app(
             task = asyncio.create_task(publisher.run(), name="usage-publisher")
 
             async def stop_publisher() -> None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await _cancel(task)
                 await publisher.aclose()
 
             stack.push_async_callback(stop_publisher)
+            watch = asyncio.create_task(watch_helpers(clients, metrics), name="helper-probes")
+            stack.push_async_callback(_cancel, watch)
             endpoints.bind(
                 Endpoints(
                     models=dict(settings.catalog.models),
@@ -135,6 +135,22 @@ def create_app(
             Route(f"{prefix}/models/{{model:path}}", endpoints.get_model, methods=["GET"]),
         ]
     return build_app("router", routes=routes, lifespan=lifespan, ready=ready, registry=registry)
+
+
+async def watch_helpers(helpers: Helpers, metrics: RouterMetrics, every: float = 5.0) -> None:
+    """Probe the helpers' readiness in the background; the request path never waits on it."""
+    while True:
+        present = helpers.present()
+        results = await asyncio.gather(*(c.ready() for c in present.values()))
+        for name, status in zip(present, results, strict=True):
+            metrics.helper_ready.labels(name).set(1 if status == "ok" else 0)
+        await asyncio.sleep(every)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class _Late:

@@ -54,6 +54,12 @@ class RouterMetrics:
         self.usage_buffer = Gauge(
             "gateway_usage_events_buffered", "Usage events waiting to be published", registry=registry
         )
+        self.helper_ready = Gauge(
+            "gateway_helper_ready",
+            "1 when a helper service answers its readiness probe, else 0",
+            ["service"],
+            registry=registry,
+        )
         self._children: dict[tuple[str, str, str, int], tuple[Any, ...]] = {}
 
     def record(

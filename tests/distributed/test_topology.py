@@ -88,6 +88,19 @@ async def test_every_service_is_up_with_probes_and_metrics(cluster):
             metrics = await http.get(f"http://127.0.0.1:{port}/metrics")
             assert metrics.status_code == 200
             assert "process_resident_memory_bytes" in metrics.text
+        # The router probes its helpers over HTTP with their client classes.
+        deadline = time.monotonic() + 20
+        while True:
+            text = (await http.get(f"{router_url(cluster)}/metrics")).text
+            up = [
+                s
+                for s in ("auth", "classifier", "cache", "analytics")
+                if f'gateway_helper_ready{{service="{s}"}} 1.0' in text
+            ]
+            if len(up) == 4 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert len(up) == 4, text
 
 
 async def test_n_requests_give_exactly_n_usage_rows(cluster, pg):
