@@ -118,6 +118,7 @@ def create_app(
                     publisher=publisher,
                     metrics=metrics,
                     created=int(time.time()),
+                    access_log=config.server.access_log,
                 )
             )
             yield

@@ -4,6 +4,7 @@ embeddings and models. Handlers are thin: check, route, call the adapter, record
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,22 @@ from services.router.upstream import Upstream
 from services.router.usage import UsagePublisher
 from services.router.validation import check_chat, check_embeddings, parse_object
 
+log = logging.getLogger("gateway.router")
+
+_ACCESS_FIELDS = (
+    "request_id",
+    "key_id",
+    "endpoint",
+    "model",
+    "provider",
+    "status",
+    "error_code",
+    "latency_ms",
+    "ttft_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "stream",
+)
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -75,6 +92,7 @@ class Endpoints:
         publisher: UsagePublisher,
         metrics: RouterMetrics,
         created: int,
+        access_log: bool = False,
     ) -> None:
         self.models = models
         self.master_key = master_key
@@ -83,6 +101,7 @@ class Endpoints:
         self.publisher = publisher
         self.metrics = metrics
         self.created = created
+        self.access_log = access_log
         self.rng = random.Random()
 
     # -- recording ---------------------------------------------------------
@@ -110,6 +129,11 @@ class Endpoints:
             "created_at": time.time(),
         }
         self.publisher.emit(event)
+        if self.access_log:
+            log.info(
+                "request",
+                extra={k: event[k] for k in _ACCESS_FIELDS},  # type: ignore[literal-required]
+            )
         self.metrics.record(rec.endpoint, rec.model, rec.provider, rec.status, latency, ttft, rec.usage)
 
     def _headers(self, dep: Deployment) -> dict[str, str]:
@@ -130,6 +154,18 @@ class Endpoints:
             except GatewayError as exc:
                 if exc.status >= 500 or exc.status == 429:
                     self.metrics.upstream_errors.labels(dep.provider, exc.code or "").inc()
+                    log.warning(
+                        "upstream failure",
+                        extra={
+                            "request_id": rec.request_id,
+                            "model": dep.public_model,
+                            "provider": dep.provider,
+                            "status": exc.status,
+                            "code": exc.code,
+                            "detail": exc.message,
+                            "retryable": exc.retryable,
+                        },
+                    )
                 if not exc.retryable:
                     raise
                 last = exc
