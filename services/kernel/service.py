@@ -80,7 +80,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         err: GatewayError = NotFound(f"no route for {request.method} {request.url.path}")
     elif exc.status_code == 405:
-        err = MethodNotAllowed(f"method {request.method} is not allowed on {request.url.path}")
+        err = MethodNotAllowed(
+            f"method {request.method} is not allowed on {request.url.path}", headers=exc.headers
+        )
     else:
         err = GatewayError(str(exc.detail))
         err.status = exc.status_code

@@ -61,6 +61,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _model_name(body: dict[str, Any]) -> str:
+    """The requested model for the record, even when the request is invalid."""
+    model = body.get("model")
+    return model[:256] if isinstance(model, str) else ""
+
+
 @dataclasses.dataclass(slots=True)
 class Record:
     """What one request did, turned into a usage event and metrics at the end."""
@@ -187,6 +193,7 @@ class Endpoints:
         rec = self._start(request, "chat.completions")
         try:
             body = await self._body(request)
+            rec.model = _model_name(body)
             model, stream, include_usage = check_chat(body)
             rec.model, rec.stream = model, stream
             if stream:
@@ -200,6 +207,10 @@ class Endpoints:
             response = Response(completion.body, media_type="application/json", headers=self._headers(dep))
         except GatewayError as exc:
             rec.status, rec.error_code = exc.status, exc.code
+            self.finish(rec)
+            raise
+        except Exception:
+            rec.status, rec.error_code = 500, "internal_error"
             self.finish(rec)
             raise
         self.finish(rec)
@@ -237,6 +248,7 @@ class Endpoints:
         rec = self._start(request, "embeddings")
         try:
             body = await self._body(request)
+            rec.model = _model_name(body)
             model = check_embeddings(body)
             rec.model = model
 
@@ -247,6 +259,10 @@ class Endpoints:
             rec.usage = completion.usage
         except GatewayError as exc:
             rec.status, rec.error_code = exc.status, exc.code
+            self.finish(rec)
+            raise
+        except Exception:
+            rec.status, rec.error_code = 500, "internal_error"
             self.finish(rec)
             raise
         self.finish(rec)

@@ -15,6 +15,20 @@ from services.kernel.errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_MESSAGES = 100_000
+MAX_DEPTH = 128  # JSON nesting; orjson cannot re-encode past 254 levels
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return False
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:
@@ -26,6 +40,9 @@ def parse_object(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest("We could not parse the JSON body of your request.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    # Only a body with that many brackets can be that deep: the walk is rare.
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth_exceeds(body, MAX_DEPTH):
+        raise InvalidRequest(f"The request body is nested more than {MAX_DEPTH} levels deep.")
     return body
 
 
@@ -73,7 +90,7 @@ def check_chat(body: dict[str, Any]) -> tuple[str, bool, bool]:
         if not isinstance(message, dict):
             raise InvalidRequest(f"'{param}' must be an object.", param=param, code="invalid_value")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(
                 f"'{param}.role' must be one of {', '.join(sorted(ROLES))}.",
                 param=f"{param}.role",

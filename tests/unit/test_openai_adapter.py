@@ -137,7 +137,8 @@ async def test_stream_asks_for_usage_and_hides_it_when_not_requested():
 
 
 async def test_stream_keeps_usage_when_requested():
-    async with client(lambda r: Response(200, content=SSE)) as http:
+    sse = {"content-type": "text/event-stream; charset=utf-8"}
+    async with client(lambda r: Response(200, content=SSE, headers=sse)) as http:
         stream = await OpenAIProvider().chat_stream(
             DEP,
             {"messages": [], "stream": True, "stream_options": {"include_usage": True}},

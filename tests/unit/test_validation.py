@@ -77,3 +77,18 @@ def test_check_embeddings_accepts_openai_input_shapes(value):
 def test_check_embeddings_rejects_bad_shapes(body):
     with pytest.raises(InvalidRequest):
         check_embeddings(body)
+
+
+def test_unhashable_role_is_a_400_not_a_crash():
+    for role in (["user"], {"r": 1}):
+        with pytest.raises(InvalidRequest) as err:
+            check_chat({"model": "m", "messages": [{"role": role, "content": "x"}]})
+        assert err.value.param == "messages[0].role"
+
+
+def test_deep_nesting_is_refused_before_anything_re_encodes_it():
+    deep = b'{"model": "m", "tools": ' + b"[" * 300 + b"]" * 300 + b"}"
+    with pytest.raises(InvalidRequest, match="nested"):
+        parse_object(deep)
+    wide = b'{"tools": [' + b",".join([b"{}"] * 500) + b"]}"
+    assert len(parse_object(wide)["tools"]) == 500  # many brackets, shallow: fine

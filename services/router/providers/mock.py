@@ -84,7 +84,7 @@ def _limit(dep: Deployment, body: dict[str, Any]) -> tuple[int, bool]:
 
 
 def _check(body: dict[str, Any]) -> None:
-    if body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1):
         raise InvalidRequest("the mock provider supports only n=1", param="n")
 
 

@@ -120,17 +120,19 @@ class OpenAIStream:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
             return event + b"\n\n"
-        if self.first_chunk_at is None and isinstance(obj, dict) and obj.get("choices"):
+        if not isinstance(obj, dict):
+            return event + b"\n\n"
+        if self.first_chunk_at is None and obj.get("choices"):
             self.first_chunk_at = time.perf_counter()
         usage = _usage_of(obj)
-        if usage is None:
+        if usage is not None:
+            self.usage = usage
+        if self.include_usage or "usage" not in obj:
             return event + b"\n\n"
-        self.usage = usage
-        if self.include_usage:
-            return event + b"\n\n"
+        # The gateway asked for usage; the client did not: OpenAI then sends no usage key.
         if not obj.get("choices"):
-            return None  # the usage-only chunk the client did not ask for
-        obj.pop("usage", None)
+            return None  # the usage-only chunk
+        del obj["usage"]
         return frame(obj)
 
     async def frames(self) -> AsyncIterator[bytes]:
@@ -188,6 +190,11 @@ class OpenAIProvider:
             finally:
                 await response.aclose()
             raise upstream_error(dep, response.status, content, response.headers.get("retry-after"))
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            await response.aclose()
+            raise UpstreamError(
+                "upstream answered a streaming request with something other than an event stream"
+            )
         return OpenAIStream(response, dep, include_usage)
 
     async def embeddings(self, dep: Deployment, body: dict[str, Any], *, http: Upstream) -> Completion:
