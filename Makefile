@@ -10,6 +10,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 export DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 HOST ?= 127.0.0.1
 PORT ?= 8080
+LINT_PATHS := $(wildcard services tests bench)
 
 .PHONY: venv run test up down status lint format bench clean
 
@@ -26,8 +27,8 @@ run: venv ## the embedded gateway: one process, no Redis/PostgreSQL, mock provid
 
 test: venv ## the whole suite; starts Redis/PostgreSQL where it can
 	@scripts/ensure-services
-	$(BIN)/ruff check services tests bench scripts
-	$(BIN)/ruff format --check services tests bench scripts
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 up: venv ## the distributed topology: five processes on 8080-8084, Redis and PostgreSQL
@@ -41,12 +42,12 @@ status:
 	$(BIN)/python -m services.topology status
 
 lint: venv
-	$(BIN)/ruff check services tests bench scripts
-	$(BIN)/ruff format --check services tests bench scripts
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 format: venv
-	$(BIN)/ruff check --fix services tests bench scripts
-	$(BIN)/ruff format services tests bench scripts
+	$(BIN)/ruff check --fix $(LINT_PATHS)
+	$(BIN)/ruff format $(LINT_PATHS)
 
 bench: venv
 	bench/run.sh
