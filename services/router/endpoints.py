@@ -3,11 +3,12 @@ embeddings and models. Handlers are thin: check, route, call the adapter, record
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from starlette.requests import Request
@@ -83,6 +84,7 @@ class Record:
     stream: bool = False
     usage: Usage = dataclasses.field(default_factory=Usage)
     first_chunk_at: float | None = None
+    relayed: bool = False  # a stream under way: recorded when it ends
 
 
 class Endpoints:
@@ -184,27 +186,11 @@ class Endpoints:
         key_id = require_master_key(request.scope, self.master_key)
         return Record(request.scope["state"]["request_id"], key_id, endpoint, started)
 
-    async def _body(self, request: Request) -> dict[str, Any]:
-        return parse_object(await read_body(request, self.max_body_bytes))
-
-    # -- handlers ----------------------------------------------------------
-
-    async def chat_completions(self, request: Request) -> Response:
-        rec = self._start(request, "chat.completions")
+    @contextlib.contextmanager
+    def _recorded(self, rec: Record) -> Iterator[None]:
+        """Record the outcome of the block, whatever it is; a stream records itself at its end."""
         try:
-            body = await self._body(request)
-            rec.model = _model_name(body)
-            model, stream, include_usage = check_chat(body)
-            rec.model, rec.stream = model, stream
-            if stream:
-                return await self._chat_stream(rec, model, body, include_usage)
-
-            async def call(dep: Deployment) -> Completion:
-                return await PROVIDERS[dep.provider].chat(dep, body, http=self.http)
-
-            dep, completion = await self._attempts(rec, model, call)
-            rec.usage = completion.usage
-            response = Response(completion.body, media_type="application/json", headers=self._headers(dep))
+            yield
         except GatewayError as exc:
             rec.status, rec.error_code = exc.status, exc.code
             self.finish(rec)
@@ -213,8 +199,30 @@ class Endpoints:
             rec.status, rec.error_code = 500, "internal_error"
             self.finish(rec)
             raise
-        self.finish(rec)
-        return response
+        if not rec.relayed:
+            self.finish(rec)
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        return parse_object(await read_body(request, self.max_body_bytes))
+
+    # -- handlers ----------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        rec = self._start(request, "chat.completions")
+        with self._recorded(rec):
+            body = await self._body(request)
+            rec.model = _model_name(body)
+            model, stream, include_usage = check_chat(body)
+            rec.stream = stream
+            if stream:
+                return await self._chat_stream(rec, model, body, include_usage)
+
+            async def call(dep: Deployment) -> Completion:
+                return await PROVIDERS[dep.provider].chat(dep, body, http=self.http)
+
+            dep, completion = await self._attempts(rec, model, call)
+            rec.usage = completion.usage
+            return Response(completion.body, media_type="application/json", headers=self._headers(dep))
 
     async def _chat_stream(
         self, rec: Record, model: str, body: dict[str, Any], include_usage: bool
@@ -225,6 +233,7 @@ class Endpoints:
             )
 
         dep, upstream = await self._attempts(rec, model, call)
+        rec.relayed = True
 
         async def relay() -> AsyncIterator[bytes]:
             try:
@@ -246,27 +255,17 @@ class Endpoints:
 
     async def embeddings(self, request: Request) -> Response:
         rec = self._start(request, "embeddings")
-        try:
+        with self._recorded(rec):
             body = await self._body(request)
             rec.model = _model_name(body)
             model = check_embeddings(body)
-            rec.model = model
 
             async def call(dep: Deployment) -> Completion:
                 return await PROVIDERS[dep.provider].embeddings(dep, body, http=self.http)
 
             dep, completion = await self._attempts(rec, model, call)
             rec.usage = completion.usage
-        except GatewayError as exc:
-            rec.status, rec.error_code = exc.status, exc.code
-            self.finish(rec)
-            raise
-        except Exception:
-            rec.status, rec.error_code = 500, "internal_error"
-            self.finish(rec)
-            raise
-        self.finish(rec)
-        return Response(completion.body, media_type="application/json", headers=self._headers(dep))
+            return Response(completion.body, media_type="application/json", headers=self._headers(dep))
 
     def _model_card(self, name: str) -> dict[str, Any]:
         return {
