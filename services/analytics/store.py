@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
+import orjson
 
 from services.kernel.usage import UsageEvent
 
@@ -155,6 +156,13 @@ class PostgresUsageStore:
         await self.pool.close()
 
 
+_SQLITE_INSERT = (
+    f"INSERT OR IGNORE INTO usage_events ({', '.join(COLUMNS)}) SELECT "
+    + ", ".join(f"json_extract(value, '$.{c}')" for c in COLUMNS)  # true/false → 1/0
+    + " FROM json_each(?)"
+)
+
+
 class SqliteUsageStore:
     """Embedded storage: one SQLite file, touched only from a worker thread."""
 
@@ -189,17 +197,16 @@ class SqliteUsageStore:
     async def insert(self, events: Sequence[UsageEvent]) -> int:
         if not events:
             return 0
-        rows = [tuple(e[c] for c in COLUMNS) for e in events]  # type: ignore[literal-required]
-        sql = (
-            f"INSERT OR IGNORE INTO usage_events ({', '.join(COLUMNS)}) "
-            f"VALUES ({', '.join('?' for _ in COLUMNS)})"
-        )
+        # One JSON parameter, unpacked by SQLite's json_each: the per-row work runs in C
+        # with the GIL released, so the embedded gateway's event loop is not held up
+        # (executemany converted every row in Python, a visible share of the p99).
+        batch = orjson.dumps(events)
 
         def write() -> int:
             before = self.conn.total_changes
             self.conn.execute("BEGIN")
             try:
-                self.conn.executemany(sql, rows)
+                self.conn.execute(_SQLITE_INSERT, (batch,))
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
