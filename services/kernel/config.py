@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -18,8 +17,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 log = logging.getLogger("gateway.config")
-
-PROVIDERS = ("openai", "mock")
 
 
 class ConfigError(Exception):
@@ -191,7 +188,3 @@ def build_catalog(config: GatewayConfig, env: Mapping[str, str]) -> Catalog:
         if usable:
             models[model.name] = tuple(usable)
     return Catalog(models=models)
-
-
-def default_config_path(env: Mapping[str, str] = os.environ) -> Path:
-    return Path(env.get("GATEWAY_CONFIG", "gateway.yaml"))

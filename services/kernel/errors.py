@@ -59,12 +59,6 @@ class Unauthorized(GatewayError):
     code = "invalid_api_key"
 
 
-class Forbidden(GatewayError):
-    status = 403
-    type = "invalid_request_error"
-    code = "forbidden"
-
-
 class NotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -81,12 +75,6 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
-
-
-class UnsupportedMediaType(GatewayError):
-    status = 415
-    type = "invalid_request_error"
-    code = "unsupported_media_type"
 
 
 class RateLimited(GatewayError):

@@ -34,10 +34,6 @@ def json_response(data: object, status: int = 200, headers: dict[str, str] | Non
     return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
 
 
-def request_id_of(scope: Scope) -> str:
-    return scope["state"]["request_id"]
-
-
 class RequestIdMiddleware:
     """Accept a sane `x-request-id` from the client or make one; echo it on the response."""
 

@@ -9,8 +9,8 @@ is recorded; the usage chunk is dropped again if the client did not ask for it).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 
@@ -33,6 +33,8 @@ from services.router.upstream import (
     Upstream,
     UpstreamStream,
 )
+
+T = TypeVar("T")
 
 
 def _headers(dep: Deployment) -> dict[str, str]:
@@ -173,15 +175,7 @@ class OpenAIProvider:
         payload["model"] = dep.model
         options = payload.get("stream_options")
         payload["stream_options"] = {**(options or {}), "include_usage": True}
-        try:
-            response = await http.open_stream(
-                f"{dep.base_url}/chat/completions",
-                content=orjson.dumps(payload),
-                headers=_headers(dep),
-                timeouts=_timeouts(dep),
-            )
-        except TransportError as exc:
-            raise transport_error(dep, exc) from None
+        response = await _send(http.open_stream, dep, "chat/completions", payload)
         if response.status >= 400:
             try:
                 content = await response.read()
@@ -201,12 +195,12 @@ class OpenAIProvider:
         return await _post_json(dep, "embeddings", body, http)
 
 
-async def _post_json(dep: Deployment, path: str, body: dict[str, Any], http: Upstream) -> Completion:
-    """One plain request; the answer goes back to the client byte for byte."""
-    payload = dict(body)
-    payload["model"] = dep.model
+async def _send(
+    method: Callable[..., Awaitable[T]], dep: Deployment, path: str, payload: dict[str, Any]
+) -> T:
+    """One upstream call (plain or streaming) with transport failures mapped for the client."""
     try:
-        response = await http.post(
+        return await method(
             f"{dep.base_url}/{path}",
             content=orjson.dumps(payload),
             headers=_headers(dep),
@@ -214,6 +208,13 @@ async def _post_json(dep: Deployment, path: str, body: dict[str, Any], http: Ups
         )
     except TransportError as exc:
         raise transport_error(dep, exc) from None
+
+
+async def _post_json(dep: Deployment, path: str, body: dict[str, Any], http: Upstream) -> Completion:
+    """One plain request; the answer goes back to the client byte for byte."""
+    payload = dict(body)
+    payload["model"] = dep.model
+    response = await _send(http.post, dep, path, payload)
     if response.status >= 400:
         raise upstream_error(dep, response.status, response.content, response.headers.get("retry-after"))
     try:
