@@ -7,8 +7,6 @@ analytics writes to a SQLite file in the data folder.
 
 from __future__ import annotations
 
-from starlette.applications import Starlette
-
 from services.analytics import app as analytics_app
 from services.analytics.client import AnalyticsClient
 from services.auth import app as auth_app
@@ -17,12 +15,13 @@ from services.cache import app as cache_app
 from services.cache.client import CacheClient
 from services.classifier import app as classifier_app
 from services.classifier.client import ClassifierClient
+from services.kernel.service import ServiceApp
 from services.kernel.settings import Settings
 from services.kernel.stream import MemoryUsageStream
 from services.router import app as router_app
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings) -> ServiceApp:
     # Embedded means no servers: ignore URLs that may linger in the environment.
     settings = settings.replace(redis_url=None, database_url=None)
     stream = MemoryUsageStream()

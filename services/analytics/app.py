@@ -20,7 +20,7 @@ from services.analytics.consumer import ConsumerMetrics, UsageConsumer
 from services.analytics.store import PostgresUsageStore, SqliteUsageStore, UsageStore
 from services.kernel.bearer import require_master_key
 from services.kernel.errors import InvalidRequest
-from services.kernel.service import build_app, json_response
+from services.kernel.service import ServiceApp, build_app, json_response
 from services.kernel.settings import Settings
 from services.kernel.stream import RedisUsageStream, UsageStream
 
@@ -51,7 +51,7 @@ def create_app(
     *,
     stream: UsageStream | None = None,
     process_metrics: bool = True,
-) -> Starlette:
+) -> ServiceApp:
     """The analytics app. `stream` is passed in by the embedded gateway; else Redis."""
     registry = CollectorRegistry()
     metrics = ConsumerMetrics(registry)

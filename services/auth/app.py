@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 
-from services.kernel.service import build_app
+from services.kernel.service import ServiceApp, build_app
 from services.kernel.settings import Settings
 
 
-def create_app(settings: Settings, *, process_metrics: bool = True) -> Starlette:
+def create_app(settings: Settings, *, process_metrics: bool = True) -> ServiceApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
-from services.kernel.service import build_app
+from services.kernel.service import ServiceApp, build_app
 from services.kernel.settings import Settings
 
 
-def create_app(settings: Settings, *, process_metrics: bool = True) -> Starlette:
+def create_app(settings: Settings, *, process_metrics: bool = True) -> ServiceApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None

@@ -92,6 +92,17 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(GatewayError("internal error"))
 
 
+class ServiceApp(Starlette):
+    """A service's ASGI app with what the server needs of it, as typed attributes."""
+
+    service_name: str
+    registries: list[CollectorRegistry]  # the app's own first, then embedded helpers'
+
+    def render_metrics(self) -> bytes:
+        """The Prometheus text exposition of every registry of this app."""
+        return b"".join(generate_latest(r) for r in self.registries)
+
+
 def build_app(
     name: str,
     *,
@@ -100,7 +111,7 @@ def build_app(
     ready: ReadyCheck | None = None,
     registry: CollectorRegistry | None = None,
     process_metrics: bool = True,
-) -> Starlette:
+) -> ServiceApp:
     """A service app with `/healthz`, `/readyz`, `/metrics` and OpenAI-format errors."""
     registry = registry or CollectorRegistry()
     if process_metrics:
@@ -123,10 +134,7 @@ def build_app(
         )
 
     async def metrics(request: Request) -> Response:
-        parts = [generate_latest(registry)]
-        for extra in getattr(request.app.state, "extra_registries", ()):
-            parts.append(generate_latest(extra))
-        return Response(b"".join(parts), media_type=CONTENT_TYPE_LATEST)
+        return Response(app.render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
     base: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
@@ -138,8 +146,8 @@ def build_app(
         HTTPException: _http_error,
         Exception: _unexpected,
     }
-    app = Starlette(routes=[*base, *routes], lifespan=lifespan, exception_handlers=handlers)
-    app.state.registry = registry
-    app.state.service_name = name
+    app = ServiceApp(routes=[*base, *routes], lifespan=lifespan, exception_handlers=handlers)
+    app.service_name = name
+    app.registries = [registry]
     app.add_middleware(RequestIdMiddleware)
     return app

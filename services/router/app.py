@@ -21,7 +21,7 @@ from services.cache.client import CacheClient
 from services.classifier.client import ClassifierClient
 from services.kernel.client import ServiceClient
 from services.kernel.errors import ServiceUnavailable
-from services.kernel.service import build_app
+from services.kernel.service import ServiceApp, build_app
 from services.kernel.settings import Settings
 from services.kernel.stream import RedisUsageStream, UsageStream
 from services.router.endpoints import Endpoints
@@ -61,8 +61,8 @@ def create_app(
     *,
     stream: UsageStream | None = None,
     helpers: Helpers | None = None,
-    sub_apps: Sequence[Starlette] = (),
-) -> Starlette:
+    sub_apps: Sequence[ServiceApp] = (),
+) -> ServiceApp:
     """The router. Embedded, `stream`, `helpers` and `sub_apps` come from the gateway
     module; distributed, they are built from the settings (Redis, service URLs)."""
     registry = CollectorRegistry()
@@ -75,7 +75,7 @@ def create_app(
             # Helper services start first and stop last, after the router has drained.
             for sub in sub_apps:
                 await stack.enter_async_context(sub.router.lifespan_context(sub))
-            app.state.extra_registries = [sub.state.registry for sub in sub_apps]
+            service.registries[1:] = [r for sub in sub_apps for r in sub.registries]
 
             usage_stream = stream
             if usage_stream is None:
@@ -135,7 +135,8 @@ def create_app(
             Route(f"{prefix}/models", endpoints.list_models, methods=["GET"]),
             Route(f"{prefix}/models/{{model:path}}", endpoints.get_model, methods=["GET"]),
         ]
-    return build_app("router", routes=routes, lifespan=lifespan, ready=ready, registry=registry)
+    service = build_app("router", routes=routes, lifespan=lifespan, ready=ready, registry=registry)
+    return service
 
 
 async def watch_helpers(helpers: Helpers, metrics: RouterMetrics, every: float = 5.0) -> None:
