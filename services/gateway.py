@@ -15,13 +15,14 @@ from services.cache import app as cache_app
 from services.cache.client import CacheClient
 from services.classifier import app as classifier_app
 from services.classifier.client import ClassifierClient
+from services.kernel.lifecycle import Lifecycle
 from services.kernel.service import ServiceApp
 from services.kernel.settings import Settings
 from services.kernel.stream import MemoryUsageStream
 from services.router import app as router_app
 
 
-def create_app(settings: Settings) -> ServiceApp:
+def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> ServiceApp:
     # Embedded means no servers: ignore URLs that may linger in the environment.
     settings = settings.replace(redis_url=None, database_url=None)
     stream = MemoryUsageStream()
@@ -36,7 +37,11 @@ def create_app(settings: Settings) -> ServiceApp:
         analytics=AnalyticsClient.in_process(analytics),
     )
     app = router_app.create_app(
-        settings, stream=stream, helpers=helpers, sub_apps=[auth, classifier, cache, analytics]
+        settings,
+        stream=stream,
+        helpers=helpers,
+        sub_apps=[auth, classifier, cache, analytics],
+        lifecycle=lifecycle,
     )
     # The analytics API is reachable embedded too, on the same port.
     app.mount("/analytics", analytics)

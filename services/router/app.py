@@ -21,6 +21,7 @@ from services.cache.client import CacheClient
 from services.classifier.client import ClassifierClient
 from services.kernel.client import ServiceClient
 from services.kernel.errors import ServiceUnavailable
+from services.kernel.lifecycle import Lifecycle
 from services.kernel.service import ServiceApp, build_app
 from services.kernel.settings import Settings
 from services.kernel.stream import RedisUsageStream, UsageStream
@@ -62,11 +63,13 @@ def create_app(
     stream: UsageStream | None = None,
     helpers: Helpers | None = None,
     sub_apps: Sequence[ServiceApp] = (),
+    lifecycle: Lifecycle | None = None,
 ) -> ServiceApp:
     """The router. Embedded, `stream`, `helpers` and `sub_apps` come from the gateway
     module; distributed, they are built from the settings (Redis, service URLs)."""
     registry = CollectorRegistry()
     metrics = RouterMetrics(registry)
+    lifecycle = lifecycle or Lifecycle()
     config = settings.config
 
     @contextlib.asynccontextmanager
