@@ -5,7 +5,7 @@
 Start an upstream first (e.g. nginx from bench/run.sh's template, or any server that
 answers POST with JSON). Prints requests/s for httpx and aiohttp with 1 and 64
 concurrent requests on one event loop; pin it with `taskset -c 0` for a fair figure.
-This is the measurement behind services/router/upstream.py's choice of aiohttp.
+This is the measurement behind services/router/sender.py's choice of aiohttp.
 """
 
 from __future__ import annotations

@@ -24,12 +24,14 @@ COLUMNS = (
     "event_id",
     "request_id",
     "key_id",
+    "team_id",
     "endpoint",
     "model",
     "provider",
     "upstream_model",
     "prompt_tokens",
     "completion_tokens",
+    "estimated",
     "latency_ms",
     "ttft_ms",
     "status",
@@ -58,9 +60,9 @@ class UsageStore(Protocol):
 _PG_INSERT = """
 INSERT INTO usage_events ({cols})
 SELECT * FROM unnest(
-    $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-    $8::int[], $9::int[], $10::float8[], $11::float8[], $12::smallint[], $13::text[],
-    $14::bool[], $15::bool[], $16::timestamptz[]
+    $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+    $9::int[], $10::int[], $11::bool[], $12::float8[], $13::float8[], $14::smallint[], $15::text[],
+    $16::bool[], $17::bool[], $18::timestamptz[]
 )
 ON CONFLICT (event_id) DO NOTHING
 """.format(cols=", ".join(COLUMNS))
@@ -235,7 +237,8 @@ class SqliteUsageStore:
         out = []
         for r in rows:
             row = dict(r)
-            row["cached"], row["stream"] = bool(row["cached"]), bool(row["stream"])
+            for flag in ("cached", "stream", "estimated"):
+                row[flag] = bool(row[flag])
             out.append(row)
         return out
 

@@ -11,10 +11,10 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 log = logging.getLogger("gateway.config")
 
@@ -36,37 +36,66 @@ class MockParams(_Strict):
     max_tokens: int = Field(default=32, ge=1, le=100_000)
 
 
-class DeploymentConfig(_Strict):
-    """One place a public model is served from."""
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_MODEL_NAME = r"^[!-~]+$"  # printable ASCII, no spaces: it is sent back in response headers
 
-    provider: Literal["openai", "mock"]
-    model: str = Field(min_length=1)
-    base_url: str | None = None
-    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+class _DeploymentBase(_Strict):
+    """What every deployment has, whatever its provider."""
+
+    # Secrets are fields named `<name>_env` holding an environment-variable name; their
+    # values are resolved once at start into `Deployment.secrets[<name>]`. A secret that
+    # is referenced must be set, or the deployment is left out.
+
+    model: str = Field(min_length=1, max_length=256)
     weight: float = Field(default=1.0, gt=0)
-    timeout_s: float = Field(default=120.0, gt=0)
-    connect_timeout_s: float = Field(default=5.0, gt=0)
-    mock: MockParams | None = None
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=600)
 
-    @model_validator(mode="after")
-    def _check_provider_fields(self) -> DeploymentConfig:
-        if self.provider == "mock":
-            if self.base_url is not None:
-                raise ValueError("base_url is not used by the mock provider")
-        else:
-            if not self.base_url:
-                raise ValueError(f"base_url is required for provider {self.provider!r}")
-            if not self.base_url.startswith(("http://", "https://")):
-                raise ValueError("base_url must start with http:// or https://")
-            if self.mock is not None:
-                raise ValueError("mock settings are only for the mock provider")
-        return self
+    def secret_refs(self) -> dict[str, str]:
+        """`{secret name: env var}` for every secret field that is set."""
+        return {
+            name[: -len("_env")]: value
+            for name, value in self
+            if name.endswith("_env") and isinstance(value, str)
+        }
+
+
+def _check_base_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("base_url must start with http:// or https://")
+    return url.rstrip("/")
+
+
+class OpenAIDeployment(_DeploymentBase):
+    """OpenAI or any OpenAI-compatible host (Groq, Mistral, Together, vLLM, Ollama, ...)."""
+
+    provider: Literal["openai"]
+    base_url: str = Field(min_length=1, max_length=2048)
+    api_key_env: str | None = Field(default=None, pattern=_ENV_NAME)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _check_base_url(value)
+
+
+class MockDeployment(_DeploymentBase):
+    """The built-in mock: answers in-process, no key, no network."""
+
+    provider: Literal["mock"]
+    mock: MockParams = MockParams()
+
+
+DeploymentConfig = Annotated[OpenAIDeployment | MockDeployment, Field(discriminator="provider")]
+PROVIDERS = ("openai", "mock")
 
 
 class ModelConfig(_Strict):
     """A public model name and the deployments that serve it."""
 
-    name: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=256, pattern=_MODEL_NAME)
+    aliases: tuple[Annotated[str, Field(min_length=1, max_length=256, pattern=_MODEL_NAME)], ...] = ()
     deployments: tuple[DeploymentConfig, ...] = Field(min_length=1)
 
 
@@ -98,48 +127,126 @@ class GatewayConfig(_Strict):
     def _unique_names(self) -> GatewayConfig:
         seen: set[str] = set()
         for model in self.models:
-            if model.name in seen:
-                raise ValueError(f"model name {model.name!r} appears twice")
-            seen.add(model.name)
+            for name in (model.name, *model.aliases):
+                if name in seen:
+                    raise ValueError(
+                        f"model name {name!r} appears twice (names and aliases are one namespace)"
+                    )
+                seen.add(name)
         return self
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Deployment:
-    """A deployment with its secret resolved; what the router routes to."""
+    """A configured deployment with its secrets resolved: what the router routes to.
+
+    The provider's own fields live in `config` (defined once, in the configuration
+    model); this object adds only what start-up resolves.
+    """
 
     public_model: str
-    provider: str
-    model: str
-    base_url: str | None
-    api_key: str | None = dataclasses.field(repr=False)
-    api_key_env: str | None
-    weight: float
-    timeout_s: float
-    connect_timeout_s: float
-    mock: MockParams
+    index: int  # position among the model's deployments, a stable id for metrics and logs
+    config: OpenAIDeployment | MockDeployment
+    secrets: Mapping[str, str] = dataclasses.field(repr=False)
+
+    @property
+    def provider(self) -> str:
+        return self.config.provider
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    @property
+    def name(self) -> str:
+        """`<public model>/<index>`: names the deployment without its URL or secrets."""
+        return f"{self.public_model}/{self.index}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Catalog:
-    """Public model name → usable deployments (those whose key is present)."""
+    """Public model name → usable deployments (those whose required secrets are present)."""
 
     models: Mapping[str, tuple[Deployment, ...]]
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)  # alias → public name
+
+    def secrets(self) -> list[str]:
+        """Every resolved secret value, for redaction."""
+        return [v for deps in self.models.values() for d in deps for v in d.secrets.values()]
 
 
-def _format_errors(path: Path, exc: ValidationError) -> str:
+ENV_PREFIX = "GATEWAY__"
+
+
+def _set_path(raw: dict[str, Any], path: list[str], value: Any, var: str) -> None:
+    node: Any = raw
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{var}: {'.'.join(path[:i])} has no item {part}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"{var}: {'.'.join(path[:i])} is not a mapping or a list")
+
+
+def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Apply `GATEWAY__SECTION__FIELD=value` variables to the parsed file, in place.
+
+    Path segments are lower-cased; a number indexes a list (`GATEWAY__MODELS__0__...`).
+    Values are YAML scalars (`true`, `12`, `[a, b]`). Returns {dotted path: variable}
+    so validation errors can name the variable rather than the file.
+    """
+    applied: dict[str, str] = {}
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            raise ConfigError(f"{var}: empty path segment")
+        try:
+            value = yaml.safe_load(env[var])
+        except yaml.YAMLError:
+            raise ConfigError(f"{var}: not a valid YAML value") from None
+        _set_path(raw, path, value, var)
+        applied[".".join(path)] = var
+    return applied
+
+
+def _format_errors(path: Path, exc: ValidationError, overrides: Mapping[str, str]) -> str:
     lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    errors = exc.errors()
+    for err in errors:
+        # The tag of a provider union is part of pydantic's path, not of the file's.
+        loc_parts = err["loc"]
+        parts = [
+            p for i, p in enumerate(loc_parts) if not (p in PROVIDERS and isinstance(loc_parts[i - 1], int))
+        ]
+        loc = ".".join(str(p) for p in parts) or "(top level)"
         msg = err["msg"]
+        if err["type"] == "too_short" and any(len(e["loc"]) > len(err["loc"]) for e in errors):
+            continue  # a list emptied by its failing items: the items' own errors say why
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {loc}: {msg}")
+        elif err["type"] == "union_tag_invalid":
+            loc += ".provider"
+            msg = f"unknown provider (one of: {', '.join(PROVIDERS)})"
+        source = next((var for dotted, var in overrides.items() if loc.startswith(dotted)), None)
+        lines.append(f"  {loc}: {msg}" + (f" (set by {source})" if source else ""))
     return f"{path}: invalid configuration:\n" + "\n".join(lines)
 
 
-def load_config(path: Path) -> GatewayConfig:
-    """Read and validate the YAML file; raise ConfigError naming the bad field."""
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read and validate the YAML file and the `GATEWAY__*` overrides in `env`;
+    raise ConfigError naming the bad field (and the variable that set it)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -150,41 +257,27 @@ def load_config(path: Path) -> GatewayConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
+    overrides = apply_env_overrides(raw, env or {})
     try:
         return GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(path, exc)) from None
+        raise ConfigError(_format_errors(path, exc, overrides)) from None
 
 
 def build_catalog(config: GatewayConfig, env: Mapping[str, str]) -> Catalog:
-    """Resolve key references; deployments whose key is absent are left out (logged)."""
+    """Resolve secret references; deployments missing a required one are left out (logged)."""
     models: dict[str, tuple[Deployment, ...]] = {}
+    aliases: dict[str, str] = {}
     for model in config.models:
         usable = []
-        for dep in model.deployments:
-            api_key = None
-            if dep.api_key_env is not None:
-                api_key = env.get(dep.api_key_env) or None
-                if api_key is None:
-                    log.info(
-                        "deployment skipped: key not set",
-                        extra={"model": model.name, "env": dep.api_key_env},
-                    )
-                    continue
-            usable.append(
-                Deployment(
-                    public_model=model.name,
-                    provider=dep.provider,
-                    model=dep.model,
-                    base_url=dep.base_url.rstrip("/") if dep.base_url else None,
-                    api_key=api_key,
-                    api_key_env=dep.api_key_env,
-                    weight=dep.weight,
-                    timeout_s=dep.timeout_s,
-                    connect_timeout_s=dep.connect_timeout_s,
-                    mock=dep.mock or MockParams(),
-                )
-            )
+        for index, dep in enumerate(model.deployments):
+            secrets = {name: env.get(var, "") for name, var in dep.secret_refs().items()}
+            missing = [dep.secret_refs()[n] for n, v in secrets.items() if not v]
+            if missing:
+                log.info("deployment skipped: secret not set", extra={"model": model.name, "env": missing})
+                continue
+            usable.append(Deployment(model.name, index, dep, secrets))
         if usable:
             models[model.name] = tuple(usable)
-    return Catalog(models=models)
+            aliases.update(dict.fromkeys(model.aliases, model.name))
+    return Catalog(models=models, aliases=aliases)

@@ -59,6 +59,12 @@ class Unauthorized(GatewayError):
     code = "invalid_api_key"
 
 
+class Forbidden(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
 class NotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
@@ -101,6 +107,22 @@ class ServiceUnavailable(GatewayError):
     status = 503
     type = "api_error"
     code = "service_unavailable"
+
+
+class ClientClosed(GatewayError):
+    """The client went away before the answer was complete (nginx's 499); recorded, never sent."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
+
+
+class ShuttingDown(GatewayError):
+    """The process is stopping and could not finish this answer in its drain time."""
+
+    status = 503
+    type = "api_error"
+    code = "gateway_shutdown"
 
 
 def error_response(exc: GatewayError, request_id: str | None = None) -> Response:

@@ -107,10 +107,11 @@ def build_app(
     name: str,
     *,
     routes: Sequence[BaseRoute],
-    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]],
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[Any]],
     ready: ReadyCheck | None = None,
     registry: CollectorRegistry | None = None,
     process_metrics: bool = True,
+    app_class: type[ServiceApp] = ServiceApp,
 ) -> ServiceApp:
     """A service app with `/healthz`, `/readyz`, `/metrics` and OpenAI-format errors."""
     registry = registry or CollectorRegistry()
@@ -146,7 +147,7 @@ def build_app(
         HTTPException: _http_error,
         Exception: _unexpected,
     }
-    app = ServiceApp(routes=[*base, *routes], lifespan=lifespan, exception_handlers=handlers)
+    app = app_class(routes=[*base, *routes], lifespan=lifespan, exception_handlers=handlers)
     app.service_name = name
     app.registries = [registry]
     app.add_middleware(RequestIdMiddleware)

@@ -32,7 +32,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         path = Path(env.get("GATEWAY_CONFIG", "gateway.yaml"))
-        config = load_config(path)
+        config = load_config(path, env)
         key_env = config.auth.master_key_env
         master_key = env.get(key_env, "")
         if not master_key:

@@ -11,12 +11,14 @@ class UsageEvent(TypedDict):
     event_id: str  # idempotency key: unique per event, even when request ids repeat
     request_id: str
     key_id: str  # who called (never the key itself)
+    team_id: str | None
     endpoint: str
     model: str
     provider: str
     upstream_model: str
     prompt_tokens: int
     completion_tokens: int
+    estimated: bool  # counted by the gateway: the provider's own count never arrived
     latency_ms: float
     ttft_ms: float | None
     status: int
@@ -46,6 +48,12 @@ _FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
+# Fields added after the first release: events without them (an old spool file) still decode.
+_DEFAULTS: dict[str, object] = {"team_id": None, "estimated": False}
+_FIELDS["team_id"] = (str, type(None))
+_FIELDS["estimated"] = (bool,)
+
+
 class BadEvent(ValueError):
     """A stream entry that is not a usage event."""
 
@@ -57,6 +65,8 @@ def decode_event(raw: bytes) -> UsageEvent:
         raise BadEvent(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadEvent("not an object")
+    for name, default in _DEFAULTS.items():
+        data.setdefault(name, default)
     for name, types in _FIELDS.items():
         if name not in data:
             raise BadEvent(f"missing field {name}")

@@ -1,11 +1,11 @@
-"""The router app: the gateway's public ingress."""
+"""The router app: the gateway's public ingress. Its lifespan builds every stage of the
+request path and yields them as typed state (see `ingress.RouterState`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
-import time
 from collections.abc import AsyncIterator, Sequence
 
 import redis.asyncio as aioredis
@@ -20,15 +20,32 @@ from services.auth.client import AuthClient
 from services.cache.client import CacheClient
 from services.classifier.client import ClassifierClient
 from services.kernel.client import ServiceClient
-from services.kernel.errors import ServiceUnavailable
+from services.kernel.errors import MethodNotAllowed
 from services.kernel.lifecycle import Lifecycle
+from services.kernel.redact import Redactor
 from services.kernel.service import ServiceApp, build_app
 from services.kernel.settings import Settings
 from services.kernel.stream import RedisUsageStream, UsageStream
-from services.router.endpoints import Endpoints
+from services.router.dispatch import Dispatcher
+from services.router.ingress import ModelCards, RouterApp, RouterState
 from services.router.metrics import RouterMetrics
+from services.router.pipeline import Pipeline
+from services.router.providers import adapters
+from services.router.providers.mock import mock_transport
+from services.router.relay import Relay
+from services.router.routing import CatalogResolver
+from services.router.sender import AiohttpTransport, Sender, Transport
+from services.router.settle import Background, Settler
 from services.router.spool import Spool
-from services.router.upstream import AiohttpUpstream
+from services.router.stages import (
+    Admission,
+    Authenticator,
+    MasterKeyAuthenticator,
+    NoCache,
+    Resolver,
+    ResponseCache,
+    Unlimited,
+)
 from services.router.usage import UsagePublisher
 
 
@@ -57,6 +74,17 @@ class Helpers:
         return {f.name: c for f in dataclasses.fields(self) if (c := getattr(self, f.name)) is not None}
 
 
+@dataclasses.dataclass
+class Stages:
+    """Stages to use instead of the defaults (tests, and capabilities wired in by the gateway)."""
+
+    authenticator: Authenticator | None = None
+    resolver: Resolver | None = None
+    admission: Admission | None = None
+    cache: ResponseCache | None = None
+    network: Transport | None = None  # the provider transport under the shared sender
+
+
 def create_app(
     settings: Settings,
     *,
@@ -64,6 +92,7 @@ def create_app(
     helpers: Helpers | None = None,
     sub_apps: Sequence[ServiceApp] = (),
     lifecycle: Lifecycle | None = None,
+    stages: Stages | None = None,
 ) -> ServiceApp:
     """The router. Embedded, `stream`, `helpers` and `sub_apps` come from the gateway
     module; distributed, they are built from the settings (Redis, service URLs)."""
@@ -71,14 +100,15 @@ def create_app(
     metrics = RouterMetrics(registry)
     lifecycle = lifecycle or Lifecycle()
     config = settings.config
+    catalog = settings.catalog
+    given = stages or Stages()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[RouterState]:
         async with contextlib.AsyncExitStack() as stack:
             # Helper services start first and stop last, after the router has drained.
             for sub in sub_apps:
                 await stack.enter_async_context(sub.router.lifespan_context(sub))
-            service.registries[1:] = [r for sub in sub_apps for r in sub.registries]
 
             usage_stream = stream
             if usage_stream is None:
@@ -91,10 +121,14 @@ def create_app(
             clients = helpers or Helpers.over_http(settings)
             for client in clients.present().values():
                 stack.push_async_callback(client.aclose)
-            app.state.helpers = clients
 
-            http = AiohttpUpstream.open()
-            stack.push_async_callback(http.aclose)
+            network = given.network
+            if network is None:
+                transport = AiohttpTransport.create()
+                stack.push_async_callback(transport.aclose)
+                network = transport
+            sender = Sender(network, mock_transport(catalog))
+            redact = Redactor([settings.master_key, *catalog.secrets()])
 
             publisher = UsagePublisher(
                 usage_stream,
@@ -110,35 +144,57 @@ def create_app(
                 await publisher.aclose()
 
             stack.push_async_callback(stop_publisher)
+            background = Background(metrics)
+            stack.push_async_callback(background.drain)  # runs before the publisher stops
             watch = asyncio.create_task(watch_helpers(clients, metrics), name="helper-probes")
             stack.push_async_callback(_cancel, watch)
-            endpoints.bind(
-                Endpoints(
-                    models=dict(settings.catalog.models),
-                    master_key=settings.master_key,
-                    max_body_bytes=config.server.max_body_bytes,
-                    http=http,
-                    publisher=publisher,
-                    metrics=metrics,
-                    created=int(time.time()),
+
+            admission = given.admission or Unlimited()
+            cache = given.cache or NoCache()
+            pipeline = Pipeline(
+                authenticator=given.authenticator or MasterKeyAuthenticator(settings.master_key),
+                resolver=given.resolver or CatalogResolver(catalog),
+                admission=admission,
+                cache=cache,
+                dispatcher=Dispatcher(sender, adapters(), metrics, redact),
+                relay=Relay(lifecycle, redact),
+                settler=Settler(
+                    publisher,
+                    metrics,
+                    admission,
+                    cache,
+                    background,
                     access_log=config.server.access_log,
-                )
+                    cache_enabled=given.cache is not None,
+                ),
+                metrics=metrics,
+                redact=redact,
+                max_body_bytes=config.server.max_body_bytes,
+                cache_enabled=given.cache is not None,
             )
-            yield
+            owners = {name: deps[0].provider for name, deps in catalog.models.items()}
+            owners |= {alias: owners[name] for alias, name in catalog.aliases.items()}
+            yield {"pipeline": pipeline, "models": ModelCards(pipeline, owners)}
 
     async def ready() -> dict[str, str]:
-        return {"models": "ok" if settings.catalog.models else "no model has a usable deployment"}
+        return {"models": "ok" if catalog.models else "no model has a usable deployment"}
 
-    endpoints = _Late()
+    async def answered_by_ingress(request: Request) -> Response:
+        # Only reached for a method the route does not allow: the ingress serves the rest.
+        raise MethodNotAllowed(f"method {request.method} is not allowed on {request.url.path}")
+
     routes = []
     for prefix in ("/v1", ""):
         routes += [
-            Route(f"{prefix}/chat/completions", endpoints.chat_completions, methods=["POST"]),
-            Route(f"{prefix}/embeddings", endpoints.embeddings, methods=["POST"]),
-            Route(f"{prefix}/models", endpoints.list_models, methods=["GET"]),
-            Route(f"{prefix}/models/{{model:path}}", endpoints.get_model, methods=["GET"]),
+            Route(f"{prefix}/chat/completions", answered_by_ingress, methods=["POST"]),
+            Route(f"{prefix}/embeddings", answered_by_ingress, methods=["POST"]),
+            Route(f"{prefix}/models", answered_by_ingress, methods=["GET"]),
+            Route(f"{prefix}/models/{{model:path}}", answered_by_ingress, methods=["GET"]),
         ]
-    service = build_app("router", routes=routes, lifespan=lifespan, ready=ready, registry=registry)
+    service = build_app(
+        "router", routes=routes, lifespan=lifespan, ready=ready, registry=registry, app_class=RouterApp
+    )
+    service.registries[1:] = [r for sub in sub_apps for r in sub.registries]
     return service
 
 
@@ -156,30 +212,3 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-class _Late:
-    """Routes exist before the lifespan opens their dependencies; it binds them then."""
-
-    def __init__(self) -> None:
-        self.target: Endpoints | None = None
-
-    def bind(self, target: Endpoints) -> None:
-        self.target = target
-
-    def _get(self) -> Endpoints:
-        if self.target is None:
-            raise ServiceUnavailable("the gateway is starting")
-        return self.target
-
-    async def chat_completions(self, request: Request) -> Response:
-        return await self._get().chat_completions(request)
-
-    async def embeddings(self, request: Request) -> Response:
-        return await self._get().embeddings(request)
-
-    async def list_models(self, request: Request) -> Response:
-        return await self._get().list_models(request)
-
-    async def get_model(self, request: Request) -> Response:
-        return await self._get().get_model(request)

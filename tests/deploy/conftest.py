@@ -60,11 +60,12 @@ def assert_accepted(arguments: list[str]) -> None:
 
 
 def provider_key_variables(config: Path) -> set[str]:
+    """Every environment variable a deployment takes a secret from."""
     return {
-        dep.api_key_env
+        var
         for model in load_config(config).models
         for dep in model.deployments
-        if dep.api_key_env is not None
+        for var in dep.secret_refs().values()
     }
 
 

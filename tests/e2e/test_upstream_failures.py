@@ -24,7 +24,7 @@ FAILURES = [
     # public model, status the client gets, error type, error code
     ("up-error-500", 502, "api_error", "upstream_error"),
     ("up-error-503", 502, "api_error", "upstream_error"),
-    ("up-error-401", 502, "api_error", "upstream_error"),
+    ("up-error-401", 502, "api_error", "upstream_auth_failed"),
     ("up-error-429", 429, "rate_limit_error", "rate_limit_exceeded"),
     ("up-error-400", 400, "invalid_request_error", None),
     ("up-slow", 504, "api_error", "upstream_timeout"),
@@ -50,6 +50,7 @@ async def test_upstream_failure_is_mapped(http, model, status, type_, code, stre
         assert "Invalid value for 'temperature'" in error["message"]  # the provider's own words
     if model == "up-error-401":
         assert UPSTREAM_KEY_ENV in error["message"]  # names the variable to fix, never its value
+        assert response.headers["x-should-retry"] == "false"  # the official SDKs then do not retry
     [event] = await usage_events(http, request_id)
     assert (event["model"], event["status"], event["stream"]) == (model, status, stream)
 

@@ -50,12 +50,24 @@ def test_unknown_key_is_named_with_the_file(tmp_path):
     ("text", "fragment"),
     [
         ("models: []", "models"),
-        ("models: [{name: x, deployments: [{provider: openai, model: y}]}]", "base_url is required"),
+        (
+            "models: [{name: x, deployments: [{provider: openai, model: y}]}]",
+            "deployments.0.base_url: Field required",
+        ),
         (
             "models: [{name: x, deployments: [{provider: mock, model: y, base_url: 'http://a'}]}]",
-            "base_url is not used",
+            "deployments.0.base_url: unknown key",
         ),
-        ("models: [{name: x, deployments: [{provider: nope, model: y}]}]", "models.0.deployments.0.provider"),
+        (
+            "models: [{name: x, deployments: [{provider: nope, model: y}]}]",
+            "deployments.0.provider: unknown provider",
+        ),
+        (
+            "models: [{name: x, aliases: [y], deployments: [{provider: mock, model: y}]}, "
+            "{name: y, deployments: [{provider: mock, model: z}]}]",
+            "'y' appears twice",
+        ),
+        ("models: [{name: 'a b', deployments: [{provider: mock, model: y}]}]", "models.0.name"),
         (
             "models: [{name: x, deployments: [{provider: mock, model: y}]}, "
             "{name: x, deployments: [{provider: mock, model: z}]}]",
@@ -86,9 +98,33 @@ def test_deployments_without_their_key_are_left_out_and_keys_stay_out_of_repr(tm
     assert set(build_catalog(config, {}).models) == {"fast"}
     catalog = build_catalog(config, {"TEST_PROVIDER_KEY": "sk-secret-value"})
     dep = catalog.models["gpt"][0]
-    assert dep.api_key == "sk-secret-value"
-    assert dep.base_url == "https://example.test/v1"
+    assert dep.secrets == {"api_key": "sk-secret-value"}
+    assert dep.config.base_url == "https://example.test/v1"  # type: ignore[union-attr]
     assert "sk-secret-value" not in repr(dep)
+    assert catalog.secrets() == ["sk-secret-value"]
+
+
+def test_environment_overrides_yaml_fields_with_the_same_validation(tmp_path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text(VALID)
+    env = {
+        "GATEWAY__SERVER__MAX_BODY_BYTES": "8192",
+        "GATEWAY__SERVER__ACCESS_LOG": "true",
+        "GATEWAY__MODELS__1__DEPLOYMENTS__0__WEIGHT": "2.5",
+        "UNRELATED": "x",
+    }
+    config = load_config(path, env)
+    assert config.server.max_body_bytes == 8192
+    assert config.server.access_log is True
+    assert config.models[1].deployments[0].weight == 2.5
+    with pytest.raises(ConfigError) as err:
+        load_config(path, {"GATEWAY__SERVER__MAX_BODY_BYTES": "12"})
+    assert "server.max_body_bytes" in str(err.value)
+    assert "GATEWAY__SERVER__MAX_BODY_BYTES" in str(err.value)
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(path, {"GATEWAY__SERVER__COLOUR": "blue"})
+    with pytest.raises(ConfigError, match="has no item 7"):
+        load_config(path, {"GATEWAY__MODELS__7__NAME": "x"})
 
 
 def test_settings_require_the_master_key_and_hide_it(tmp_path):

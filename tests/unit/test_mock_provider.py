@@ -1,29 +1,19 @@
+"""The built-in mock: an in-process OpenAI-format "server" behind the OpenAI adapter."""
+
 import array
 import base64
 import math
 
 import orjson
-import pytest
 
-from services.kernel.config import Deployment, MockParams
-from services.kernel.errors import InvalidRequest
-from services.router.providers.mock import MockProvider, embedding, reply_tokens
-from services.router.providers.sse import data_of
+from services.router.providers.base import HttpResponse
+from services.router.providers.mock import MockAdapter, MockTransport, embedding, reply_tokens
 from services.router.providers.tokens import count_messages, count_text
+from tests.unit.deployments import MOCK
 
-DEP = Deployment(
-    public_model="mock-small",
-    provider="mock",
-    model="mock-upstream",
-    base_url=None,
-    api_key=None,
-    api_key_env=None,
-    weight=1.0,
-    timeout_s=10.0,
-    connect_timeout_s=1.0,
-    mock=MockParams(max_tokens=32),
-)
 MSG = [{"role": "user", "content": "Tell me, briefly, about gateways."}]
+ADAPTER = MockAdapter()
+SERVER = MockTransport({MOCK.name: (MOCK.config.mock, MOCK.model)})  # type: ignore[union-attr]
 
 
 def test_tokenizer_counts_words_and_punctuation():
@@ -37,8 +27,16 @@ def test_reply_is_deterministic_and_respects_the_limit():
     assert len(reply_tokens(MSG, 3)) == 3
 
 
+def test_requests_go_to_the_in_process_server_without_credentials():
+    request = ADAPTER.chat_request(MOCK, {"model": "mock-small", "messages": MSG}, stream=False)
+    assert request.url == "mock://mock-small/0/chat/completions"
+    assert "authorization" not in request.headers
+    assert orjson.loads(request.body)["model"] == "mock-upstream"
+
+
 async def test_chat_reports_honest_usage():
-    completion = await MockProvider().chat(DEP, {"messages": MSG, "max_tokens": 5}, http=None)  # type: ignore[arg-type]
+    request = ADAPTER.chat_request(MOCK, {"model": "m", "messages": MSG, "max_tokens": 5}, stream=False)
+    completion = ADAPTER.chat_response(MOCK, await SERVER.send(request))
     body = orjson.loads(completion.body)
     assert body["object"] == "chat.completion"
     assert body["model"] == "mock-upstream"
@@ -48,42 +46,40 @@ async def test_chat_reports_honest_usage():
     assert body["choices"][0]["message"]["content"] == "".join(reply_tokens(MSG, 5))
 
 
-async def test_stream_carries_the_same_text_and_usage_when_asked():
-    stream = await MockProvider().chat_stream(DEP, {"messages": MSG}, http=None, include_usage=True)  # type: ignore[arg-type]
-    frames = [f async for f in stream.frames()]
-    assert frames[-1] == b"data: [DONE]\n\n"
-    chunks = [orjson.loads(data_of(f.strip())) for f in frames[:-1]]
+async def test_stream_decodes_to_the_same_text_and_usage():
+    request = ADAPTER.chat_request(MOCK, {"model": "m", "messages": MSG, "stream": True}, stream=True)
+    stream = await SERVER.open(request)
+    assert stream.headers["content-type"].startswith(ADAPTER.stream_media_type)
+    decoder = ADAPTER.chat_stream(MOCK)
+    chunks = []
+    async for data in stream.chunks():
+        chunks += decoder.feed(data)
+    chunks += decoder.finish()
+    assert decoder.done
+    assert decoder.error is None
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == "".join(reply_tokens(MSG, 32))
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert chunks[-1]["choices"] == []
-    assert (
-        chunks[-1]["usage"]["completion_tokens"]
-        == stream.usage.completion_tokens
-        == len(reply_tokens(MSG, 32))
-    )
-    assert stream.first_chunk_at is not None
+    assert decoder.usage is not None
+    assert decoder.usage.completion_tokens == len(reply_tokens(MSG, 32))
 
 
-async def test_stream_without_usage_has_no_usage_chunk():
-    stream = await MockProvider().chat_stream(DEP, {"messages": MSG}, http=None, include_usage=False)  # type: ignore[arg-type]
-    frames = [f async for f in stream.frames()]
-    assert not any(b'"usage"' in f for f in frames)
-    assert stream.usage.completion_tokens > 0
-
-
-async def test_n_above_one_is_refused_by_name():
-    with pytest.raises(InvalidRequest) as err:
-        await MockProvider().chat(DEP, {"messages": MSG, "n": 2}, http=None)  # type: ignore[arg-type]
-    assert err.value.param == "n"
+async def test_n_above_one_is_a_400_naming_the_parameter():
+    request = ADAPTER.chat_request(MOCK, {"model": "m", "messages": MSG, "n": 2}, stream=False)
+    response = await SERVER.send(request)
+    err = ADAPTER.error(MOCK, response)
+    assert (response.status, err.status, err.param) == (400, 400, "n")
 
 
 async def test_embeddings_float_and_base64_agree():
-    body = {"input": ["a", "b"], "dimensions": 16}
-    plain = orjson.loads((await MockProvider().embeddings(DEP, body, http=None)).body)  # type: ignore[arg-type]
-    packed = orjson.loads(
-        (await MockProvider().embeddings(DEP, {**body, "encoding_format": "base64"}, http=None)).body  # type: ignore[arg-type]
-    )
+    body = {"model": "m", "input": ["a", "b"], "dimensions": 16}
+
+    async def embed(extra: dict) -> dict:
+        response: HttpResponse = await SERVER.send(ADAPTER.embeddings_request(MOCK, {**body, **extra}))  # type: ignore[arg-type]
+        return orjson.loads(ADAPTER.embeddings_response(MOCK, response).body)
+
+    plain, packed = await embed({}), await embed({"encoding_format": "base64"})
     vec = plain["data"][0]["embedding"]
     assert len(vec) == 16
     assert math.isclose(sum(v * v for v in vec), 1.0, rel_tol=1e-9)

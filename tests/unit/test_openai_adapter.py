@@ -1,30 +1,28 @@
-"""The OpenAI-compatible adapter against recorded payloads, through a fake Upstream."""
-
-import dataclasses
+"""The OpenAI-compatible adapter is pure translation: tested on recorded payloads, no network."""
 
 import orjson
 import pytest
+from multidict import CIMultiDict
 
-from services.kernel.errors import InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
-from services.router.providers.openai import OpenAIProvider
-from services.router.upstream import ConnectFailed, ReadTimedOut, Timeouts, UpstreamResponse
-from tests.unit.test_mock_provider import DEP as MOCK_DEP
+from services.kernel.errors import InvalidRequest, RateLimited, UpstreamError
+from services.router.providers.base import HttpResponse
+from services.router.providers.openai import OpenAIAdapter
+from tests.unit.deployments import OPENAI
 
-DEP = dataclasses.replace(
-    MOCK_DEP,
-    provider="openai",
-    model="gpt-4o-mini-2024-07-18",
-    base_url="https://upstream.test/v1",
-    api_key="sk-provider-secret",
-    api_key_env="TEST_PROVIDER_KEY",
-)
+ADAPTER = OpenAIAdapter()
 COMPLETION = {
     "id": "chatcmpl-1",
     "object": "chat.completion",
     "created": 1,
     "model": "gpt-4o-mini-2024-07-18",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+    "usage": {
+        "prompt_tokens": 9,
+        "completion_tokens": 3,
+        "total_tokens": 12,
+        "prompt_tokens_details": {"cached_tokens": 4},
+        "completion_tokens_details": {"reasoning_tokens": 2},
+    },
     "service_tier": "default",
 }
 SSE = (
@@ -32,6 +30,7 @@ SSE = (
     b'"content":""},"finish_reason":null}],"usage":null}\n\n'
     b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hi"},'
     b'"finish_reason":null}],"usage":null}\n\n'
+    b": keep-alive comment\r\n\r\n"
     b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},'
     b'"finish_reason":"stop"}],"usage":null}\n\n'
     b'data: {"id":"c","object":"chat.completion.chunk","choices":[],'
@@ -40,162 +39,142 @@ SSE = (
 )
 
 
-class Request:
-    def __init__(self, url: str, headers, content: bytes) -> None:
-        self.url, self.headers, self.content = url, dict(headers), content
+def response(status: int, *, json=None, content: bytes = b"", headers=None) -> HttpResponse:
+    body = orjson.dumps(json) if json is not None else content
+    return HttpResponse(status, CIMultiDict(headers or {"content-type": "application/json"}), body)
 
 
-class Response:
-    def __init__(self, status: int, *, json=None, content: bytes = b"", headers=None) -> None:
-        self.status = status
-        self.content = orjson.dumps(json) if json is not None else content
-        self.headers = headers or {}
+def decode(data: bytes, piece: int):
+    decoder = ADAPTER.chat_stream(OPENAI)
+    chunks = []
+    for i in range(0, len(data), piece):
+        chunks += decoder.feed(data[i : i + piece])
+    chunks += decoder.finish()
+    return decoder, chunks
 
 
-class Recorded:
-    """An Upstream that answers from a handler; streams arrive in small uneven pieces."""
-
-    def __init__(self, handler) -> None:
-        self.handler = handler
-
-    async def post(self, url, *, content, headers, timeouts: Timeouts):
-        response = self.handler(Request(url, headers, content))
-        return UpstreamResponse(response.status, response.headers, response.content)
-
-    async def open_stream(self, url, *, content, headers, timeouts: Timeouts):
-        response = self.handler(Request(url, headers, content))
-        return RecordedStream(response)
-
-
-class RecordedStream:
-    def __init__(self, response: Response) -> None:
-        self.status, self.headers, self.content = response.status, response.headers, response.content
-
-    async def chunks(self):
-        for i in range(0, len(self.content), 37):
-            yield self.content[i : i + 37]
-
-    async def read(self):
-        return self.content
-
-    async def aclose(self):
-        return None
-
-
-def client(handler) -> "RecordedClient":
-    return RecordedClient(handler)
-
-
-class RecordedClient:
-    def __init__(self, handler) -> None:
-        self.upstream = Recorded(handler)
-
-    async def __aenter__(self) -> Recorded:
-        return self.upstream
-
-    async def __aexit__(self, *exc) -> None:
-        return None
-
-
-async def test_chat_passes_the_body_through_and_reads_usage():
-    seen = {}
-
-    def handler(request: Request) -> Response:
-        seen["url"] = str(request.url)
-        seen["auth"] = request.headers["authorization"]
-        seen["body"] = orjson.loads(request.content)
-        return Response(200, json=COMPLETION)
-
+def test_chat_request_passes_the_body_through_with_the_upstream_model_and_key():
     body = {"model": "public", "messages": [], "tools": [{"type": "function"}], "seed": 1, "x": {"y": 2}}
-    async with client(handler) as http:
-        completion = await OpenAIProvider().chat(DEP, body, http=http)
-    assert seen["url"] == "https://upstream.test/v1/chat/completions"
-    assert seen["auth"] == "Bearer sk-provider-secret"
-    assert seen["body"] == {**body, "model": "gpt-4o-mini-2024-07-18"}
-    assert orjson.loads(completion.body) == COMPLETION  # untouched, unknown fields included
-    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (9, 3)
+    request = ADAPTER.chat_request(OPENAI, body, stream=False)  # type: ignore[arg-type]
+    assert request.url == "https://upstream.test/v1/chat/completions"
+    assert request.headers["authorization"] == "Bearer sk-provider-secret"
+    assert orjson.loads(request.body) == {**body, "model": "gpt-4o-mini-2024-07-18"}
+    assert (request.timeouts.connect, request.timeouts.read) == (5.0, 120.0)
 
 
-async def test_stream_asks_for_usage_and_hides_it_when_not_requested():
-    seen = {}
-
-    def handler(request: Request) -> Response:
-        seen["body"] = orjson.loads(request.content)
-        return Response(200, content=SSE, headers={"content-type": "text/event-stream"})
-
-    async with client(handler) as http:
-        stream = await OpenAIProvider().chat_stream(
-            DEP, {"messages": [], "stream": True}, http=http, include_usage=False
-        )
-        out = b"".join([f async for f in stream.frames()])
-        await stream.aclose()
-    assert seen["body"]["stream_options"] == {"include_usage": True}
-    assert b'"usage":{' not in out
-    assert out.endswith(b"data: [DONE]\n\n")
-    assert (stream.usage.prompt_tokens, stream.usage.completion_tokens) == (9, 2)
-    assert stream.first_chunk_at is not None
+def test_stream_request_always_asks_for_usage():
+    body = {"model": "public", "messages": [], "stream": True, "stream_options": {"include_usage": False}}
+    request = ADAPTER.chat_request(OPENAI, body, stream=True)  # type: ignore[arg-type]
+    assert orjson.loads(request.body)["stream_options"] == {"include_usage": True}
 
 
-async def test_stream_keeps_usage_when_requested():
-    sse = {"content-type": "text/event-stream; charset=utf-8"}
-    async with client(lambda r: Response(200, content=SSE, headers=sse)) as http:
-        stream = await OpenAIProvider().chat_stream(
-            DEP,
-            {"messages": [], "stream": True, "stream_options": {"include_usage": True}},
-            http=http,
-            include_usage=True,
-        )
-        out = b"".join([f async for f in stream.frames()])
-    assert out == SSE
+def test_response_is_untouched_and_usage_is_read_with_its_details():
+    completion = ADAPTER.chat_response(OPENAI, response(200, json=COMPLETION))
+    assert orjson.loads(completion.body) == COMPLETION  # unknown fields included
+    usage = completion.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens) == (
+        9,
+        3,
+        4,
+        2,
+    )
+    assert not usage.estimated
 
 
-def error(status: int, message: str = "boom", headers: dict | None = None):
-    body = {"error": {"message": message, "type": "x", "param": None, "code": None}}
-    return lambda request: Response(status, json=body, headers=headers or {})
+@pytest.mark.parametrize("piece", [1, 7, 37, 10_000])
+def test_stream_decodes_whatever_the_piece_size(piece):
+    decoder, chunks = decode(SSE, piece)
+    assert decoder.done
+    assert decoder.error is None
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[:2]] == ["", "Hi"]
+    assert chunks[2]["choices"][0]["finish_reason"] == "stop"
+    assert decoder.usage is not None
+    assert (decoder.usage.prompt_tokens, decoder.usage.completion_tokens) == (9, 2)
+
+
+def test_a_stream_cut_short_is_not_done():
+    decoder, chunks = decode(SSE[: SSE.index(b"data: [DONE]")], 50)
+    assert not decoder.done
+    assert len(chunks) == 4
+
+
+def test_an_error_event_in_the_stream_is_reported():
+    data = SSE[:200] + b'\n\ndata: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
+    decoder, _ = decode(data, 64)
+    assert isinstance(decoder.error, UpstreamError)
+    assert "overloaded" in decoder.error.message
+
+
+def test_out_of_range_usage_is_ignored():
+    bad = {**COMPLETION, "usage": {"prompt_tokens": 2**40, "completion_tokens": 1, "total_tokens": 1}}
+    assert ADAPTER.chat_response(OPENAI, response(200, json=bad)).usage.prompt_tokens == 0
+
+
+def error(status: int, message: str = "boom", headers: dict | None = None, **fields) -> HttpResponse:
+    body = {"error": {"message": message, "type": "x", "param": None, "code": None, **fields}}
+    return response(status, json=body, headers={"content-type": "application/json", **(headers or {})})
 
 
 @pytest.mark.parametrize(
-    ("handler", "kind", "status"),
+    ("upstream", "kind", "status", "code"),
     [
-        (error(400, "bad temperature"), InvalidRequest, 400),
-        (error(422), InvalidRequest, 400),
-        (error(401, "Incorrect API key provided: sk-pro****cret"), UpstreamError, 502),
-        (error(429, headers={"retry-after": "7"}), RateLimited, 429),
-        (error(500), UpstreamError, 502),
-        (error(503), UpstreamError, 502),
-        (lambda r: Response(200, content=b"<html>"), UpstreamError, 502),
+        (error(400, "bad temperature", param="temperature"), InvalidRequest, 400, "invalid_request"),
+        (error(422), InvalidRequest, 400, "invalid_request"),
+        (
+            error(400, "too long", code="context_length_exceeded"),
+            InvalidRequest,
+            400,
+            "context_length_exceeded",
+        ),
+        (
+            error(401, "Incorrect API key provided: sk-pro****cret"),
+            UpstreamError,
+            502,
+            "upstream_auth_failed",
+        ),
+        (error(429, headers={"retry-after": "7"}), RateLimited, 429, "rate_limit_exceeded"),
+        (error(500), UpstreamError, 502, "upstream_error"),
+        (error(503), UpstreamError, 502, "upstream_error"),
+        (response(307, headers={"location": "http://elsewhere.test/"}), UpstreamError, 502, "upstream_error"),
     ],
 )
-async def test_upstream_statuses_map_to_client_statuses(handler, kind, status):
-    async with client(handler) as http:
-        with pytest.raises(kind) as err:
-            await OpenAIProvider().chat(DEP, {"messages": []}, http=http)
-    assert err.value.status == status
-    assert "sk-pro" not in err.value.message
-    assert "sk-provider-secret" not in err.value.message
+def test_upstream_statuses_map_to_client_statuses(upstream, kind, status, code):
+    err = ADAPTER.error(OPENAI, upstream)
+    assert isinstance(err, kind)
+    assert (err.status, err.code) == (status, code)
+    assert "sk-pro" not in err.message
 
 
-async def test_rate_limit_keeps_retry_after_and_is_retryable():
-    async with client(error(429, headers={"retry-after": "7"})) as http:
-        with pytest.raises(RateLimited) as err:
-            await OpenAIProvider().chat(DEP, {"messages": []}, http=http)
-    assert err.value.headers == {"retry-after": "7"}
-    assert err.value.retryable
+def test_auth_failure_names_the_variable_and_tells_clients_not_to_retry():
+    err = ADAPTER.error(OPENAI, error(401))
+    assert "TEST_PROVIDER_KEY" in err.message
+    assert err.headers == {"x-should-retry": "false"}
+    assert not err.retryable
 
 
-async def test_transport_failures():
-    def refuse(request):
-        raise ConnectFailed("refused")
+def test_rate_limit_keeps_retry_after_and_is_retryable():
+    err = ADAPTER.error(OPENAI, error(429, headers={"retry-after": "7"}))
+    assert err.headers == {"retry-after": "7"}
+    assert err.retryable
 
-    def slow(request):
-        raise ReadTimedOut("slow")
 
-    async with client(refuse) as http:
-        with pytest.raises(UpstreamError) as err:
-            await OpenAIProvider().chat(DEP, {"messages": []}, http=http)
-    assert err.value.retryable
-    async with client(slow) as http:
-        with pytest.raises(UpstreamTimeout) as timeout:
-            await OpenAIProvider().chat(DEP, {"messages": []}, http=http)
-    assert timeout.value.status == 504
-    assert not timeout.value.retryable
+def test_the_param_of_a_400_is_kept():
+    assert ADAPTER.error(OPENAI, error(400, param="temperature")).param == "temperature"
+
+
+def test_an_html_error_page_is_summarised_not_pasted():
+    page = b"<html><body>" + b"Not Found " * 500 + b"</body></html>"
+    err = ADAPTER.error(OPENAI, response(404, content=page, headers={"content-type": "text/html"}))
+    assert "<html>" not in err.message
+    assert f"a text/html body of {len(page)} bytes" in err.message
+
+
+def test_a_redirect_is_reported_not_followed():
+    err = ADAPTER.error(OPENAI, response(307, headers={"location": "http://elsewhere.test/"}))
+    assert "redirect" in err.message
+    assert "elsewhere" not in err.message
+
+
+def test_non_json_success_is_an_upstream_error():
+    with pytest.raises(UpstreamError):
+        ADAPTER.chat_response(OPENAI, response(200, content=b"<html>", headers={"content-type": "text/html"}))

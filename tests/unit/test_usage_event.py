@@ -24,7 +24,12 @@ GOOD = {
 
 
 def test_good_event_decodes():
-    assert decode_event(orjson.dumps(GOOD)) == GOOD
+    assert decode_event(orjson.dumps(GOOD)) == {**GOOD, "team_id": None, "estimated": False}
+
+
+def test_fields_added_later_decode_with_their_values():
+    event = {**GOOD, "team_id": "t1", "estimated": True}
+    assert decode_event(orjson.dumps(event)) == event
 
 
 @pytest.mark.parametrize(

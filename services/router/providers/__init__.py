@@ -1,12 +1,14 @@
-"""Provider adapters, one module per wire format, looked up by name."""
+"""Provider adapters, one module per wire format."""
 
 from __future__ import annotations
 
-from services.router.providers.base import Provider
-from services.router.providers.mock import MockProvider
-from services.router.providers.openai import OpenAIProvider
+from collections.abc import Mapping
 
-PROVIDERS: dict[str, Provider] = {
-    "openai": OpenAIProvider(),
-    "mock": MockProvider(),
-}
+from services.router.providers.base import Adapter
+from services.router.providers.mock import MockAdapter
+from services.router.providers.openai import OpenAIAdapter
+
+
+def adapters() -> Mapping[str, Adapter]:
+    """One adapter per `provider` value of the configuration; built in the router's lifespan."""
+    return {"openai": OpenAIAdapter(), "mock": MockAdapter()}

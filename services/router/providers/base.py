@@ -1,55 +1,92 @@
-"""What every provider adapter offers the router."""
+"""What a provider adapter is: pure translation between the gateway's OpenAI-shaped
+requests and one provider's wire format. Adapters own no I/O: they build an
+`HttpRequest`, and parse the `HttpResponse` or the stream bytes the shared sender
+(`services/router/sender.py`) hands back. Tested on recorded payloads, no network.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from services.kernel.config import Deployment
 from services.kernel.errors import GatewayError
-from services.router.upstream import Upstream
+from services.kernel.wire import ChatCompletionChunk, ChatCompletionRequest, EmbeddingRequest
 
 
 @dataclasses.dataclass(slots=True)
 class Usage:
+    """Token counts of one request. `estimated` when the gateway counted them itself
+    because the provider's own count never arrived (an interrupted stream)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float
+    read: float  # whole answer (plain) or the longest gap between two chunks (streaming)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One provider call, fully built: the sender only performs it."""
+
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+    timeouts: Timeouts
+    method: str = "POST"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive lookups
+    body: bytes
 
 
 @dataclasses.dataclass(slots=True)
 class Completion:
-    """A finished response, already in OpenAI's wire format."""
+    """A finished answer in OpenAI's wire format: `body` goes to the client as is,
+    `data` is the same object parsed (for the cache and the record)."""
 
     body: bytes
     usage: Usage
+    data: dict[str, Any]
 
 
-class ChatStream(Protocol):
-    """An open streaming response: SSE frames in OpenAI's chunk format.
+class StreamDecoder(Protocol):
+    """Turns one provider stream into OpenAI chunks, bytes in, chunks out.
 
-    `usage` and `first_chunk_at` (a `time.perf_counter()` value) are filled in
-    while `frames()` is iterated. `aclose` releases the upstream connection.
+    `usage` is the provider's own count once it has sent one; `error` an error the
+    provider reported inside the stream; `done` whether the stream ended properly
+    (a stream cut without its end marker is not a complete answer).
     """
 
-    usage: Usage
-    first_chunk_at: float | None
+    usage: Usage | None
     error: GatewayError | None
+    done: bool
 
-    def frames(self) -> AsyncIterator[bytes]: ...
-    async def aclose(self) -> None: ...
+    def feed(self, data: bytes) -> list[ChatCompletionChunk]: ...
+    def finish(self) -> list[ChatCompletionChunk]: ...
 
 
-class Provider(Protocol):
-    async def chat(self, dep: Deployment, body: dict[str, Any], *, http: Upstream) -> Completion: ...
+class Adapter(Protocol):
+    """One provider wire format."""
 
-    async def chat_stream(
-        self,
-        dep: Deployment,
-        body: dict[str, Any],
-        *,
-        http: Upstream,
-        include_usage: bool,
-    ) -> ChatStream: ...
+    stream_media_type: str  # what a streaming answer must be served as
 
-    async def embeddings(self, dep: Deployment, body: dict[str, Any], *, http: Upstream) -> Completion: ...
+    def chat_request(self, dep: Deployment, body: ChatCompletionRequest, *, stream: bool) -> HttpRequest: ...
+    def chat_response(self, dep: Deployment, response: HttpResponse) -> Completion: ...
+    def chat_stream(self, dep: Deployment) -> StreamDecoder: ...
+    def embeddings_request(self, dep: Deployment, body: EmbeddingRequest) -> HttpRequest: ...
+    def embeddings_response(self, dep: Deployment, response: HttpResponse) -> Completion: ...
+    def error(self, dep: Deployment, response: HttpResponse) -> GatewayError:
+        """Map a provider error answer (status ≥ 400) to what the client sees."""
+        ...

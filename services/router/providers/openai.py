@@ -2,223 +2,224 @@
 (Azure OpenAI's v1 API, Groq, Mistral, Together, DeepSeek, OpenRouter, vLLM, Ollama, …).
 
 Requests pass through untouched except `model` (the deployment's upstream name)
-and, when streaming, `stream_options.include_usage` (always asked for, so usage
-is recorded; the usage chunk is dropped again if the client did not ask for it).
+and, when streaming, `stream_options.include_usage` (always asked for, so usage is
+recorded; the relay drops the usage chunk again if the client did not ask for it).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
 from services.kernel.config import Deployment
-from services.kernel.errors import (
-    GatewayError,
-    InvalidRequest,
-    RateLimited,
-    UpstreamError,
-    UpstreamTimeout,
-)
-from services.router.providers.base import Completion, Usage
-from services.router.providers.sse import DONE, EventSplitter, data_of, frame
-from services.router.upstream import (
-    ConnectFailed,
-    ConnectTimedOut,
-    ReadTimedOut,
-    Timeouts,
-    TransportError,
-    Upstream,
-    UpstreamStream,
-)
+from services.kernel.errors import GatewayError, InvalidRequest, RateLimited, UpstreamError
+from services.kernel.wire import ChatCompletionChunk, ChatCompletionRequest, EmbeddingRequest
+from services.router.providers.base import Completion, HttpRequest, HttpResponse, Timeouts, Usage
+from services.router.providers.sse import EventSplitter, data_of
 
-T = TypeVar("T")
+MAX_TOKENS = 2**31 - 1
 
 
-def _headers(dep: Deployment) -> dict[str, str]:
-    headers = {"content-type": "application/json"}
-    if dep.api_key:
-        headers["authorization"] = f"Bearer {dep.api_key}"
-    return headers
+def _count(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+        return value
+    return None
 
 
-def _timeouts(dep: Deployment) -> Timeouts:
-    return Timeouts(read=dep.timeout_s, connect=dep.connect_timeout_s)
+def usage_of(obj: Any) -> Usage | None:
+    """OpenAI's `usage` object (with cached-prompt and reasoning details), if well-formed."""
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt = _count(usage.get("prompt_tokens"))
+    completion = _count(usage.get("completion_tokens", 0))
+    if prompt is None or completion is None:
+        return None
+    out = Usage(prompt, completion)
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict):
+        out.cached_tokens = _count(details.get("cached_tokens")) or 0
+    details = usage.get("completion_tokens_details")
+    if isinstance(details, dict):
+        out.reasoning_tokens = _count(details.get("reasoning_tokens")) or 0
+    return out
 
 
-def _upstream_message(content: bytes) -> str:
+def summarise_body(response: HttpResponse) -> str:
+    """The provider's own error message, or a short description of a body that has none
+    (an HTML error page is described, not pasted)."""
     try:
-        data = orjson.loads(content)
-        message = data["error"]["message"]
-        if isinstance(message, str):
+        data = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        if not isinstance(message, str):
+            message = data.get("message") or data.get("detail")
+        if isinstance(message, str) and message:
             return message[:500]
+    kind = response.headers.get("content-type", "no content type").split(";")[0]
+    return f"a {kind} body of {len(response.body)} bytes"
+
+
+def _error_field(response: HttpResponse, name: str) -> str | None:
+    """A short string field of the provider's `error` object (`code`, `param`), if any."""
+    try:
+        value = orjson.loads(response.body)["error"][name]
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        pass
-    return content[:200].decode("utf-8", "replace")
+        return None
+    return value if isinstance(value, str) and len(value) <= 128 else None
 
 
-def upstream_error(dep: Deployment, status: int, content: bytes, retry_after: str | None) -> GatewayError:
-    """Map a provider's error status to what the client should see."""
-    where = f"{dep.provider} deployment of {dep.public_model!r}"
+def map_error(dep: Deployment, response: HttpResponse) -> GatewayError:
+    """A provider's error answer as the client should see it."""
+    status = response.status
+    where = f"{dep.provider} deployment {dep.name}"
     if status in (401, 403):
-        # The provider key is wrong: not the client's fault, and never echoed.
-        hint = f" (check {dep.api_key_env})" if dep.api_key_env else ""
-        return UpstreamError(f"upstream rejected the gateway's credentials for the {where}{hint}")
+        # The gateway's provider credentials are wrong: not the client's fault, never echoed,
+        # and a retry by the client cannot help.
+        refs = ", ".join(dep.config.secret_refs().values())
+        err: GatewayError = UpstreamError(
+            f"upstream rejected the gateway's credentials for {where}" + (f" (check {refs})" if refs else ""),
+            code="upstream_auth_failed",
+            headers={"x-should-retry": "false"},
+        )
+        return err
+    message = summarise_body(response)
     if status == 429:
-        headers = {"retry-after": retry_after} if retry_after else {}
-        err: GatewayError = RateLimited(
-            f"upstream rate limit for the {where}: {_upstream_message(content)}", headers=headers
+        retry_after = response.headers.get("retry-after")
+        err = RateLimited(
+            f"upstream rate limit for {where}: {message}",
+            headers={"retry-after": retry_after} if retry_after else None,
         )
         err.retryable = True
         return err
     if status in (400, 404, 409, 413, 422):
-        err = InvalidRequest(f"upstream rejected the request: {_upstream_message(content)}")
-        err.status = 400 if status in (404, 409, 422) else status
+        code = _error_field(response, "code")
+        err = InvalidRequest(
+            f"upstream rejected the request: {message}",
+            code="context_length_exceeded" if code == "context_length_exceeded" else None,
+            param=_error_field(response, "param"),
+        )
+        err.status = 413 if status == 413 else 400
         return err
-    err = UpstreamError(f"upstream returned HTTP {status} for the {where}: {_upstream_message(content)}")
+    if 300 <= status < 400:
+        err = UpstreamError(
+            f"{where} answered with a redirect (HTTP {status}), which the gateway does not follow"
+        )
+        err.retryable = True
+        return err
+    err = UpstreamError(f"upstream returned HTTP {status} for {where}: {message}")
     err.retryable = status >= 500 or status == 408
     return err
 
 
-def transport_error(dep: Deployment, exc: TransportError) -> GatewayError:
-    where = f"{dep.provider} deployment of {dep.public_model!r}"
-    if isinstance(exc, ConnectTimedOut):
-        err: GatewayError = UpstreamTimeout(f"timed out connecting to the {where}")
-        err.retryable = True
-        return err
-    if isinstance(exc, ReadTimedOut):
-        return UpstreamTimeout(f"the {where} did not answer within {dep.timeout_s:g} s")
-    err = UpstreamError(f"could not reach the {where}: {type(exc).__name__}")
-    err.retryable = isinstance(exc, ConnectFailed)
-    return err
+class OpenAIStreamDecoder:
+    """SSE `data:` lines of `chat.completion.chunk` objects, ending with `[DONE]`."""
 
-
-def _usage_of(obj: Any) -> Usage | None:
-    usage = obj.get("usage") if isinstance(obj, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return Usage(prompt, completion)
-
-
-class OpenAIStream:
-    def __init__(self, response: UpstreamStream, dep: Deployment, include_usage: bool) -> None:
-        self.response = response
+    def __init__(self, dep: Deployment) -> None:
         self.dep = dep
-        self.include_usage = include_usage
-        self.usage = Usage()
-        self.first_chunk_at: float | None = None
+        self.splitter = EventSplitter()
+        self.usage: Usage | None = None
         self.error: GatewayError | None = None
+        self.done = False
 
-    def _rewrite(self, event: bytes) -> bytes | None:
+    def _event(self, event: bytes, out: list[ChatCompletionChunk]) -> None:
         data = data_of(event)
-        if data is None or data == b"[DONE]":
-            return event + b"\n\n"
+        if data is None:
+            return
+        if data == b"[DONE]":
+            self.done = True
+            return
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return event + b"\n\n"
+            self.error = UpstreamError(f"{self.dep.name} sent a stream event that is not JSON")
+            return
         if not isinstance(obj, dict):
-            return event + b"\n\n"
-        if self.first_chunk_at is None and obj.get("choices"):
-            self.first_chunk_at = time.perf_counter()
-        usage = _usage_of(obj)
+            return
+        if "error" in obj and not obj.get("choices"):
+            error = obj["error"]
+            message = error.get("message") if isinstance(error, dict) else None
+            self.error = UpstreamError(
+                f"upstream error during the stream from {self.dep.name}: "
+                + (message[:500] if isinstance(message, str) else "no message")
+            )
+            return
+        usage = usage_of(obj)
         if usage is not None:
             self.usage = usage
-        if self.include_usage or "usage" not in obj:
-            return event + b"\n\n"
-        # The gateway asked for usage; the client did not: OpenAI then sends no usage key.
-        if not obj.get("choices"):
-            return None  # the usage-only chunk
-        del obj["usage"]
-        return frame(obj)
+        out.append(obj)  # type: ignore[arg-type]
 
-    async def frames(self) -> AsyncIterator[bytes]:
-        splitter = EventSplitter()
-        try:
-            async for chunk in self.response.chunks():
-                out = [f for e in splitter.feed(chunk) if (f := self._rewrite(e)) is not None]
-                if out:
-                    yield b"".join(out)
-            tail = splitter.rest().strip()
-            if tail and (f := self._rewrite(tail)) is not None:
-                yield f
-        except TransportError as exc:
-            # Headers are sent already: report in-band, as OpenAI does, and end the stream.
-            self.error = transport_error(self.dep, exc)
-            yield frame(self.error.body())
-            yield DONE
+    def feed(self, data: bytes) -> list[ChatCompletionChunk]:
+        out: list[ChatCompletionChunk] = []
+        for event in self.splitter.feed(data):
+            self._event(event, out)
+        return out
 
-    async def aclose(self) -> None:
-        await self.response.aclose()
+    def finish(self) -> list[ChatCompletionChunk]:
+        out: list[ChatCompletionChunk] = []
+        tail = self.splitter.rest().strip()
+        if tail:
+            self._event(tail, out)
+        return out
 
 
-class OpenAIProvider:
+class OpenAIAdapter:
     """The generic OpenAI-compatible adapter."""
 
-    async def chat(self, dep: Deployment, body: dict[str, Any], *, http: Upstream) -> Completion:
-        return await _post_json(dep, "chat/completions", body, http)
+    stream_media_type = "text/event-stream"
 
-    async def chat_stream(
-        self,
-        dep: Deployment,
-        body: dict[str, Any],
-        *,
-        http: Upstream,
-        include_usage: bool,
-    ) -> OpenAIStream:
-        payload = dict(body)
-        payload["model"] = dep.model
-        options = payload.get("stream_options")
-        payload["stream_options"] = {**(options or {}), "include_usage": True}
-        response = await _send(http.open_stream, dep, "chat/completions", payload)
-        if response.status >= 400:
-            try:
-                content = await response.read()
-            except TransportError:
-                content = b""
-            finally:
-                await response.aclose()
-            raise upstream_error(dep, response.status, content, response.headers.get("retry-after"))
-        if not response.headers.get("content-type", "").startswith("text/event-stream"):
-            await response.aclose()
-            raise UpstreamError(
-                "upstream answered a streaming request with something other than an event stream"
-            )
-        return OpenAIStream(response, dep, include_usage)
+    def _url(self, dep: Deployment, path: str) -> str:
+        base = getattr(dep.config, "base_url", None)
+        return f"{base}/{path}"
 
-    async def embeddings(self, dep: Deployment, body: dict[str, Any], *, http: Upstream) -> Completion:
-        return await _post_json(dep, "embeddings", body, http)
+    def _headers(self, dep: Deployment) -> dict[str, str]:
+        headers = {"content-type": "application/json"}
+        key = dep.secrets.get("api_key")
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        return headers
 
-
-async def _send(
-    method: Callable[..., Awaitable[T]], dep: Deployment, path: str, payload: dict[str, Any]
-) -> T:
-    """One upstream call (plain or streaming) with transport failures mapped for the client."""
-    try:
-        return await method(
-            f"{dep.base_url}/{path}",
-            content=orjson.dumps(payload),
-            headers=_headers(dep),
-            timeouts=_timeouts(dep),
+    def _request(self, dep: Deployment, path: str, payload: dict[str, Any]) -> HttpRequest:
+        return HttpRequest(
+            url=self._url(dep, path),
+            headers=self._headers(dep),
+            body=orjson.dumps(payload),
+            timeouts=Timeouts(connect=dep.config.connect_timeout_s, read=dep.config.timeout_s),
         )
-    except TransportError as exc:
-        raise transport_error(dep, exc) from None
 
+    def chat_request(self, dep: Deployment, body: ChatCompletionRequest, *, stream: bool) -> HttpRequest:
+        payload: dict[str, Any] = dict(body)
+        payload["model"] = dep.model
+        if stream:
+            payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return self._request(dep, "chat/completions", payload)
 
-async def _post_json(dep: Deployment, path: str, body: dict[str, Any], http: Upstream) -> Completion:
-    """One plain request; the answer goes back to the client byte for byte."""
-    payload = dict(body)
-    payload["model"] = dep.model
-    response = await _send(http.post, dep, path, payload)
-    if response.status >= 400:
-        raise upstream_error(dep, response.status, response.content, response.headers.get("retry-after"))
-    try:
-        obj = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise UpstreamError("upstream answered with a body that is not JSON") from None
-    return Completion(response.content, _usage_of(obj) or Usage())
+    def _completion(self, dep: Deployment, response: HttpResponse) -> Completion:
+        try:
+            data = orjson.loads(response.body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"{dep.name} answered with a body that is not JSON") from None
+        if not isinstance(data, dict):
+            raise UpstreamError(f"{dep.name} answered with JSON that is not an object")
+        return Completion(response.body, usage_of(data) or Usage(), data)
+
+    def chat_response(self, dep: Deployment, response: HttpResponse) -> Completion:
+        return self._completion(dep, response)
+
+    def chat_stream(self, dep: Deployment) -> OpenAIStreamDecoder:
+        return OpenAIStreamDecoder(dep)
+
+    def embeddings_request(self, dep: Deployment, body: EmbeddingRequest) -> HttpRequest:
+        payload: dict[str, Any] = dict(body)
+        payload["model"] = dep.model
+        return self._request(dep, "embeddings", payload)
+
+    def embeddings_response(self, dep: Deployment, response: HttpResponse) -> Completion:
+        return self._completion(dep, response)
+
+    def error(self, dep: Deployment, response: HttpResponse) -> GatewayError:
+        return map_error(dep, response)

@@ -1,0 +1,2 @@
+ALTER TABLE usage_events ADD COLUMN team_id TEXT;
+ALTER TABLE usage_events ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0;
