@@ -36,6 +36,14 @@ class MockParams(_Strict):
     max_tokens: int = Field(default=32, ge=1, le=100_000)
 
 
+class Price(_Strict):
+    """What a deployment costs, in currency units (USD by convention) per million tokens."""
+
+    input: float = Field(ge=0, le=1_000_000)
+    output: float = Field(ge=0, le=1_000_000)
+    cached_input: float | None = Field(default=None, ge=0, le=1_000_000)  # default: the input price
+
+
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _MODEL_NAME = r"^[!-~]+$"  # printable ASCII, no spaces: it is sent back in response headers
 
@@ -51,6 +59,7 @@ class _DeploymentBase(_Strict):
     weight: float = Field(default=1.0, gt=0)
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
     connect_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    price: Price | None = None  # unknown prices are recorded as unknown, never as zero
 
     def secret_refs(self) -> dict[str, str]:
         """`{secret name: env var}` for every secret field that is set."""

@@ -26,6 +26,16 @@ class UsageEvent(TypedDict):
     cached: bool
     stream: bool
     created_at: float  # unix seconds
+    # Added after the first release; optional when decoding (see _DEFAULTS).
+    cached_tokens: int  # prompt tokens the provider served from its own prompt cache
+    reasoning_tokens: int
+    cost: float | None  # from the deployment's configured price; None = price unknown
+    saved_cost: float | None  # a cache hit: what the answer would have cost
+    cache: str | None  # "exact" or "semantic" on a cache hit
+    deployment: str  # "<public model>/<index>" that answered, or was tried last
+    attempts: int  # deployments tried
+    route_reason: str | None  # why this model (an alias, automatic routing)
+    region: str | None  # the region of the router that served the request
 
 
 _FIELDS: dict[str, tuple[type, ...]] = {
@@ -49,9 +59,21 @@ _FIELDS: dict[str, tuple[type, ...]] = {
 
 
 # Fields added after the first release: events without them (an old spool file) still decode.
-_DEFAULTS: dict[str, object] = {"team_id": None, "estimated": False}
-_FIELDS["team_id"] = (str, type(None))
-_FIELDS["estimated"] = (bool,)
+_OPTIONAL: dict[str, tuple[object, tuple[type, ...]]] = {
+    "team_id": (None, (str, type(None))),
+    "estimated": (False, (bool,)),
+    "cached_tokens": (0, (int,)),
+    "reasoning_tokens": (0, (int,)),
+    "cost": (None, (int, float, type(None))),
+    "saved_cost": (None, (int, float, type(None))),
+    "cache": (None, (str, type(None))),
+    "deployment": ("", (str,)),
+    "attempts": (0, (int,)),
+    "route_reason": (None, (str, type(None))),
+    "region": (None, (str, type(None))),
+}
+_DEFAULTS = {name: default for name, (default, _) in _OPTIONAL.items()}
+_FIELDS.update({name: types for name, (_, types) in _OPTIONAL.items()})
 
 
 class BadEvent(ValueError):

@@ -61,6 +61,7 @@ class Exchange:
     usage: Usage = dataclasses.field(default_factory=Usage)
     first_byte_at: float | None = None
     cache: str | None = None  # "exact" / "semantic" on a hit
+    region: str | None = None  # the router's region
     completion: dict[str, Any] | None = None  # the whole answer, for the cache (success only)
     response_headers: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
     responded: bool = False  # the response has started: errors now go in-band, if at all

@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from services.kernel.ids import new_id
+from services.kernel.pricing import cost_of
 from services.kernel.usage import UsageEvent
 from services.router.exchange import Exchange
 from services.router.metrics import RouterMetrics
@@ -88,6 +89,17 @@ class Settler:
         if ex.principal is None:
             return  # unauthenticated: counted in metrics, no usage record
         dep = ex.deployment
+        usage = ex.usage
+        priced = dep or (ex.route.deployments[0] if ex.route is not None and ex.route.deployments else None)
+        cost = cost_of(
+            priced.config.price if priced is not None else None,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+        )
+        saved = None
+        if ex.cache is not None:  # served from the gateway's cache: nothing spent upstream
+            cost, saved = (0.0 if cost is not None else None), cost
         event: UsageEvent = {
             "event_id": new_id(),
             "request_id": ex.request_id,
@@ -97,9 +109,9 @@ class Settler:
             "model": ex.route.model if ex.route is not None else ex.requested_model,
             "provider": dep.provider if dep is not None else "",
             "upstream_model": dep.model if dep is not None else "",
-            "prompt_tokens": ex.usage.prompt_tokens,
-            "completion_tokens": ex.usage.completion_tokens,
-            "estimated": ex.usage.estimated,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "estimated": usage.estimated,
             "latency_ms": round(latency * 1000, 3),
             "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
             "status": ex.status,
@@ -107,6 +119,15 @@ class Settler:
             "cached": ex.cache is not None,
             "stream": ex.stream,
             "created_at": ex.created_at,
+            "cached_tokens": usage.cached_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "cost": cost,
+            "saved_cost": saved,
+            "cache": ex.cache,
+            "deployment": dep.name if dep is not None else "",
+            "attempts": len(ex.attempts),
+            "route_reason": ex.route.reason or None if ex.route is not None else None,
+            "region": ex.region,
         }
         self.publisher.emit(event)
         if self.access_log:

@@ -24,12 +24,20 @@ GOOD = {
 
 
 def test_good_event_decodes():
-    assert decode_event(orjson.dumps(GOOD)) == {**GOOD, "team_id": None, "estimated": False}
+    decoded = decode_event(orjson.dumps(GOOD))
+    assert {k: decoded[k] for k in GOOD} == GOOD  # type: ignore[literal-required]
+    assert (decoded["team_id"], decoded["estimated"], decoded["cost"], decoded["attempts"]) == (
+        None,
+        False,
+        None,
+        0,
+    )
 
 
 def test_fields_added_later_decode_with_their_values():
-    event = {**GOOD, "team_id": "t1", "estimated": True}
-    assert decode_event(orjson.dumps(event)) == event
+    event = {**GOOD, "team_id": "t1", "estimated": True, "cost": 0.25, "deployment": "m/1", "attempts": 2}
+    decoded = decode_event(orjson.dumps(event))
+    assert {k: decoded[k] for k in event} == event  # type: ignore[literal-required]
 
 
 @pytest.mark.parametrize(
