@@ -14,6 +14,12 @@ upstream `model` name picks the behaviour, so one server covers every case:
   meanwhile, `name` is added to `abandoned`.
 - `usage-inline`: attaches `usage` to the finishing chunk whether or not it was
   asked for (as some OpenAI-compatible hosts do) and sends no usage-only chunk.
+- `no-usage`: never reports usage, even when asked (as some self-hosted servers do).
+- `echo-key-<status>`: that status with an error message quoting the whole
+  Authorization header it received (`Bearer sk-...`), as careless hosts do.
+- `redirect`: 307 to `/v1/elsewhere/...` on the same server; a request that follows
+  it is recorded in `redirected`.
+- `error-event`: streams one content chunk, then an in-band `{"error": ...}` event.
 - anything else: a deterministic answer built from the messages.
 
 Run it with `with run_upstream() as upstream: ...`; it serves on a free
@@ -46,6 +52,7 @@ from starlette.routing import Route
 
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
 ERROR_STATUS = re.compile(r"^error-(\d{3})$")
+ECHO_STATUS = re.compile(r"^echo-key-(\d{3})$")
 RETRY_AFTER = "7"
 GATE_LIMIT_S = 60.0  # a gate nobody opens ends the stream instead of hanging the suite
 
@@ -111,6 +118,7 @@ class MockUpstream:
         self.base_url = ""
         self.requests: list[Received] = []
         self.abandoned: list[str] = []  # last message content of streams the gateway hung up on
+        self.redirected: list[Received] = []  # requests that followed the `redirect` answer
         self.closing = threading.Event()
         self._gates: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -118,6 +126,7 @@ class MockUpstream:
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+                Route("/v1/elsewhere/{path:path}", self.elsewhere, methods=["POST", "GET"]),
             ]
         )
 
@@ -164,11 +173,24 @@ class MockUpstream:
         match = ERROR_STATUS.match(model) if isinstance(model, str) else None
         if match:
             return None, self._error(int(match.group(1)), request)
+        echo = ECHO_STATUS.match(model) if isinstance(model, str) else None
+        if echo:
+            message = f"Request rejected; you sent authorization: {request.headers.get('authorization')}"
+            return None, _json(error_body(message, "invalid_request_error", None), int(echo.group(1)))
+        if model == "redirect":
+            target = f"{str(request.base_url).rstrip('/')}/v1/elsewhere{request.url.path.removeprefix('/v1')}"
+            return None, Response(status_code=307, headers={"location": target})
         if model == "slow":
             await self._wait(self.closing, GATE_LIMIT_S)
         if model == "non-json":
             return None, Response(b"<html><body>502 Bad Gateway</body></html>", media_type="text/html")
         return body, None
+
+    async def elsewhere(self, request: Request) -> Response:
+        self.redirected.append(
+            Received(request.method, request.url.path, dict(request.headers), await request.body())
+        )
+        return _json({"followed": True})
 
     def _error(self, status: int, request: Request) -> Response:
         message, type_, code = _ERRORS.get(status, ("Upstream failure.", "server_error", None))
@@ -209,7 +231,7 @@ class MockUpstream:
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": usage,
+                **({} if body["model"] == "no-usage" else {"usage": usage}),
             }
         )
 
@@ -220,6 +242,8 @@ class MockUpstream:
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         inline = model == "usage-inline"
+        if model == "no-usage":
+            include_usage = False
         base: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion.chunk",
@@ -250,6 +274,9 @@ class MockUpstream:
                     return
             if i == 1 and model == "break-stream":
                 raise StreamDropped("the upstream drops the connection mid-stream")
+            if i == 0 and model == "error-event":
+                yield _sse(error_body("The model is overloaded; try again.", "server_error", None))
+                return
         last = chunk({}, "stop")
         if inline:
             last["usage"] = usage

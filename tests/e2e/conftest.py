@@ -48,6 +48,12 @@ UPSTREAM_MODELS = {
     "up-error-429": "error-429",
     "up-error-500": "error-500",
     "up-error-503": "error-503",
+    "up-no-usage": "no-usage",
+    "up-echo-400": "echo-key-400",
+    "up-echo-429": "echo-key-429",
+    "up-echo-500": "echo-key-500",
+    "up-redirect": "redirect",
+    "up-error-event": "error-event",
 }
 
 

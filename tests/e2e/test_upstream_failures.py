@@ -114,3 +114,14 @@ async def test_the_openai_client_sees_mapped_errors(client):
     with pytest.raises(openai.InternalServerError) as timed_out:
         await client.chat.completions.create(model="up-slow", messages=user("hi"))
     assert timed_out.value.status_code == 504
+
+
+async def test_an_upstream_redirect_is_not_followed(http, upstream):
+    request_id = f"redirect-{uuid.uuid4().hex}"
+    body = {"model": "up-redirect", "messages": user("hello")}
+    response = await http.post(CHAT, json=body, headers={"x-request-id": request_id})
+    error = assert_openai_error(response, 502, type_="api_error", code="upstream_error")
+    assert "redirect" in error["message"]
+    assert upstream.redirected == []  # the body (and the key) never went to the other location
+    [event] = await usage_events(http, request_id)
+    assert event["status"] == 502
