@@ -9,6 +9,8 @@ upstream `model` name picks the behaviour, so one server covers every case:
 - `slow`: answers only once the server stops (longer than any deployment timeout).
 - `non-json`: 200 with an HTML body.
 - `break-stream`: streams two chunks, then drops the connection.
+- `gated-start`: sends the stream's headers, then waits for `gate(name).set()`
+  before the first chunk (the same `name` and `abandoned` rules as `gated`).
 - `gated`: streams the first content chunk, then waits for `gate(name).set()`,
   where `name` is the content of the last message; if the gateway hangs up
   meanwhile, `name` is added to `abandoned`.
@@ -261,6 +263,14 @@ class MockUpstream:
             }
 
         name = str(body["messages"][-1].get("content"))
+        if model == "gated-start":
+            yield b": waiting\n\n"  # makes the server send the headers now
+            try:
+                if not await self._wait(self.gate(name), GATE_LIMIT_S):
+                    return
+            except asyncio.CancelledError:
+                self.abandoned.append(name)
+                raise
         yield _sse(chunk({"role": "assistant", "content": "", "refusal": None}))
         for i, word in enumerate(words):
             yield _sse(chunk({"content": word}))

@@ -25,6 +25,8 @@ from services.kernel.redact import Redactor
 from services.router.dispatch import Dispatcher
 from services.router.exchange import Endpoint, Exchange
 from services.router.metrics import RouterMetrics
+from services.router.providers.base import Usage
+from services.router.providers.openai import usage_of
 from services.router.relay import SSE_HEADERS, Relay, replay
 from services.router.settle import Settler
 from services.router.stages import Admission, Authenticator, Resolver, ResponseCache
@@ -180,6 +182,7 @@ class Pipeline:
             return False
         ex.cache = hit.kind
         ex.completion = hit.completion
+        ex.usage = usage_of(hit.completion) or Usage()
         ex.response_headers.extend(hit.headers)
         headers = self._headers(ex)
         ex.responded = True
