@@ -29,6 +29,7 @@ test: venv ## the whole suite; starts Redis/PostgreSQL where it can
 	@scripts/ensure-services
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 up: venv ## the distributed topology: five processes on 8080-8084, Redis and PostgreSQL
@@ -44,6 +45,7 @@ status:
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
 
 format: venv
 	$(BIN)/ruff check --fix $(LINT_PATHS)

@@ -123,7 +123,8 @@ class PostgresUsageStore:
         return int(status.rsplit(" ", 1)[1])
 
     async def summary(self, since: float | None, key_id: str | None) -> list[dict[str, Any]]:
-        where, args = ["true"], []
+        where: list[str] = ["true"]
+        args: list[object] = []
         if since is not None:
             args.append(datetime.fromtimestamp(since, UTC))
             where.append(f"created_at >= ${len(args)}")
@@ -218,7 +219,8 @@ class SqliteUsageStore:
         return int(await self._run(write))
 
     async def summary(self, since: float | None, key_id: str | None) -> list[dict[str, Any]]:
-        where, args = ["1"], []
+        where: list[str] = ["1"]
+        args: list[object] = []
         if since is not None:
             where.append("created_at >= ?")
             args.append(since)

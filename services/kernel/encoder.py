@@ -102,10 +102,10 @@ class Encoder:
             batch = [first]
             size = len(first[0])
             while size < self.max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
-                batch.append(item)
-                size += len(item[0])
-            texts = [t for item, _ in batch for t in item]
+                queued = self._queue.get_nowait()
+                batch.append(queued)
+                size += len(queued[0])
+            texts = [t for chunk, _ in batch for t in chunk]
             try:
                 vectors = await loop.run_in_executor(self._worker, self._forward, texts)
             except Exception as exc:  # handed to every waiting caller, who decides what to do
@@ -116,10 +116,10 @@ class Encoder:
             self.batches += 1
             self.encoded += len(texts)
             start = 0
-            for item, future in batch:
+            for chunk, future in batch:
                 if not future.done():
-                    future.set_result(vectors[start : start + len(item)])
-                start += len(item)
+                    future.set_result(vectors[start : start + len(chunk)])
+                start += len(chunk)
 
     async def aclose(self) -> None:
         for task in (self._task, self._loading):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -67,7 +67,9 @@ class RedisUsageStream:
             block=None if pending else block_ms,
         )
         out: list[Entry] = []
-        for _name, entries in reply or ():
+        # RESP2 reply: [[stream, [(id, fields), ...]], ...]; redis-py's union type covers RESP3 too.
+        streams: list[tuple[Any, list[tuple[Any, dict[bytes, bytes] | None]]]] = cast(Any, reply) or []
+        for _name, entries in streams:
             for entry_id, fields in entries:
                 eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 # A pending entry deleted meanwhile comes back with no fields: just ack it.

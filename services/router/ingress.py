@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TypedDict, cast
+from typing import Any, TypedDict, cast
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -46,7 +46,8 @@ class ModelCards:
 
     async def serve(self, scope: Scope, send: Send, request_id: str) -> None:
         principal = await self.pipeline.authenticator.authenticate(dict(scope["headers"]))
-        path: str = scope["path"]
+        path = str(scope["path"])
+        body: dict[str, object]
         if path in _MODELS:
             names = [n for n in self.owners if principal.may_use(n)]
             body = {"object": "list", "data": [self.card(n) for n in names]}
@@ -61,7 +62,7 @@ class ModelCards:
 def request_id_of(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            candidate = value.decode("latin-1")
+            candidate: str = value.decode("latin-1")
             if _REQUEST_ID.match(candidate):
                 return candidate
             break
@@ -91,15 +92,16 @@ class RouterApp(ServiceApp):
 
     async def _serve(self, endpoint: str | None, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = request_id_of(scope)
-        state = cast(RouterState, scope.get("state") or {})
+        state = cast(dict[str, Any], scope.get("state") or {})
         if "pipeline" not in state:
             await send_error(send, ServiceUnavailable("The gateway is starting."), request_id, str)
             return
-        pipeline = state["pipeline"]
+        typed = cast(RouterState, state)
+        pipeline = typed["pipeline"]
         if endpoint is not None:
             await pipeline.handle(endpoint, scope, receive, send, request_id)  # type: ignore[arg-type]
             return
         try:
-            await state["models"].serve(scope, send, request_id)
+            await typed["models"].serve(scope, send, request_id)
         except GatewayError as exc:
             await send_error(send, exc, request_id, pipeline.redact)

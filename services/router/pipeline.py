@@ -125,7 +125,7 @@ class Pipeline:
         except asyncio.CancelledError:
             # The server stopped waiting for this request (shutdown past its timeout).
             # It ends here, recorded and, where possible, answered; nothing is left to cancel.
-            err = ShuttingDown("The gateway is shutting down; retry the request.")
+            err: GatewayError = ShuttingDown("The gateway is shutting down; retry the request.")
             ex.fail(err.status, err.code)
             if not ex.responded:
                 await send_error(send, err, request_id, self.redact)

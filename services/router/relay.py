@@ -58,10 +58,10 @@ class ChatAssembler:
 
     def add(self, chunk: ChatCompletionChunk) -> None:
         if self.head is None:
-            self.head = {k: chunk[k] for k in ("id", "created", "model") if k in chunk}  # type: ignore[literal-required]
+            self.head = {k: chunk[k] for k in ("id", "created", "model") if k in chunk}
             for k in ("system_fingerprint", "service_tier"):
                 if chunk.get(k) is not None:
-                    self.head[k] = chunk[k]  # type: ignore[literal-required]
+                    self.head[k] = chunk[k]
         for c in chunk.get("choices") or ():
             index = c.get("index", 0)
             state = self.choices.get(index)
