@@ -89,6 +89,10 @@ class UsageConfig(_Strict):
     # Router: events held in memory while neither Redis nor the spool disk takes them;
     # past it, new events are dropped (counted, logged).
     max_buffered_events: int = Field(default=100_000, ge=1, le=10_000_000)
+    # Analytics: where events it cannot store go (default "<stream>:dead"), and how
+    # many are kept (the oldest go first).
+    dead_letter_stream: str | None = Field(default=None, min_length=1)
+    dead_letter_max: int = Field(default=100_000, ge=1, le=10_000_000)
 
 
 class GatewayConfig(_Strict):
