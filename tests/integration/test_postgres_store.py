@@ -1,6 +1,6 @@
 import pytest
 
-from services.analytics.store import PostgresUsageStore, SqliteUsageStore
+from services.analytics.store import PostgresUsageStore, SqliteUsageStore, migrations
 from tests.conftest import DATABASE_URL, unique
 from tests.integration.events import make_event
 
@@ -15,8 +15,10 @@ async def store(pg):
 async def test_migrations_are_idempotent(store, pg):
     await store.migrate()
     await store.migrate()
-    versions = await pg.fetch("SELECT version FROM schema_migrations WHERE service = 'analytics'")
-    assert [r["version"] for r in versions] == [1]
+    versions = await pg.fetch(
+        "SELECT version FROM schema_migrations WHERE service = 'analytics' ORDER BY version"
+    )
+    assert [r["version"] for r in versions] == [v for v, _ in migrations("postgres")]
 
 
 async def test_insert_is_idempotent_on_event_id(store, pg):
