@@ -25,7 +25,10 @@ from services.router import app as router_app
 def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> ServiceApp:
     # Embedded means no servers: ignore URLs that may linger in the environment.
     settings = settings.replace(redis_url=None, database_url=None)
-    stream = MemoryUsageStream()
+    stream = MemoryUsageStream(
+        dead_letter_path=settings.data_dir / "usage-dead-letters.jsonl",
+        dead_letter_max=settings.config.usage.dead_letter_max,
+    )
     auth = auth_app.create_app(settings, process_metrics=False)
     classifier = classifier_app.create_app(settings, process_metrics=False)
     cache = cache_app.create_app(settings, process_metrics=False)

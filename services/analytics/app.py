@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from services.analytics import deadletters
 from services.analytics.consumer import ConsumerMetrics, UsageConsumer
 from services.analytics.store import PostgresUsageStore, SqliteUsageStore, UsageStore
 from services.kernel.bearer import require_master_key
@@ -64,7 +65,14 @@ def create_app(
             if not settings.redis_url:
                 raise RuntimeError("REDIS_URL is required for the analytics service")
             redis = aioredis.from_url(settings.redis_url)
-            usage_stream = RedisUsageStream(redis, settings.config.usage.stream, settings.config.usage.group)
+            usage = settings.config.usage
+            usage_stream = RedisUsageStream(
+                redis,
+                usage.stream,
+                usage.group,
+                dead_letter=usage.dead_letter_stream,
+                dead_letter_max=usage.dead_letter_max,
+            )
         store = await open_store(settings)
         consumer = UsageConsumer(usage_stream, store, metrics, name=socket.gethostname())
         task = asyncio.create_task(consumer.run(), name="usage-consumer")
@@ -103,11 +111,21 @@ def create_app(
         rows = await app.state.store.events(request_id, 100)
         return json_response({"object": "list", "data": rows})
 
+    async def dead_letters(request: Request) -> Response:
+        require_master_key(request.scope, settings.master_key)
+        return await deadletters.list_dead_letters(request, app.state.stream, metrics)
+
+    async def replay(request: Request) -> Response:
+        require_master_key(request.scope, settings.master_key)
+        return await deadletters.replay_dead_letters(request, app.state.stream, metrics)
+
     app = build_app(
         "analytics",
         routes=[
             Route("/v1/usage/summary", summary, methods=["GET"]),
             Route("/v1/usage/events", events, methods=["GET"]),
+            Route("/v1/usage/dead-letters", dead_letters, methods=["GET"]),
+            Route("/v1/usage/dead-letters/replay", replay, methods=["POST"]),
         ],
         lifespan=lifespan,
         ready=ready,

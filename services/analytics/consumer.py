@@ -1,4 +1,13 @@
-"""Stream → store: read a batch, insert it idempotently, acknowledge only after commit."""
+"""Stream → store: read a batch, insert it idempotently, acknowledge only after commit.
+
+One bad event must not hold up the ones behind it. An event that does not decode
+(`decode_event` checks types and ranges) and an event the store refuses
+(`RefusedEvents`, found by splitting the refused batch in halves until the culprits
+are alone) go to the dead-letter stream, atomically with the acknowledgement of the
+entry that carried them; their neighbours are stored. Any other store failure means
+the store is down: nothing is acknowledged, the batch stays pending and is retried
+with backoff.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +18,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.analytics.store import UsageStore
-from services.kernel.stream import Entry, UsageStream, events_of
+from services.analytics.store import RefusedEvents, UsageStore
+from services.kernel.stream import DeadLetter, Entry, UsageStream, events_of
 from services.kernel.usage import BadEvent, UsageEvent, decode_event
 
 log = logging.getLogger("gateway.analytics.consumer")
@@ -18,6 +27,7 @@ log = logging.getLogger("gateway.analytics.consumer")
 
 class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.read = Counter("gateway_analytics_events_read_total", "Stream entries read", registry=registry)
         self.stored = Counter(
             "gateway_analytics_events_stored_total",
@@ -32,6 +42,18 @@ class ConsumerMetrics:
         self.failures = Counter(
             "gateway_analytics_batch_failures_total",
             "Batches that could not be stored or acknowledged (retried)",
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            "gateway_analytics_events_dead_lettered_total",
+            "Events moved to the dead-letter stream, by stage: invalid (refused by decoding),"
+            " refused (refused by the store)",
+            ["stage"],
+            registry=registry,
+        )
+        self.dead_letters = Gauge(
+            "gateway_analytics_dead_letters",
+            "Entries in the dead-letter stream, as last seen",
             registry=registry,
         )
         self.lag = Gauge(
@@ -65,22 +87,64 @@ class UsageConsumer:
         self._stopping = asyncio.Event()
 
     async def process(self, entries: list[Entry]) -> int:
-        """Store then ack one batch; raises (nothing acked) if the store fails."""
+        """Store then ack one batch; raises (nothing acked) if the store is down.
+
+        Events refused by decoding or by the store are dead-lettered with the ack."""
         good: list[UsageEvent] = []
+        origin: list[tuple[str, bytes]] = []  # (entry id, raw line) of each good event
+        dead: list[DeadLetter] = []
         for entry_id, data in entries:
             for raw in events_of(data):
                 try:
                     good.append(decode_event(raw))
                 except BadEvent as exc:
                     self.metrics.rejected.inc()
-                    log.warning("rejected usage event", extra={"entry": entry_id, "reason": str(exc)})
+                    dead.append(DeadLetter(raw, str(exc), "invalid", entry_id))
+                else:
+                    origin.append((entry_id, raw))
         self.metrics.read.inc(len(good))
-        inserted = await self.store.insert(good)
-        await self.stream.ack([entry_id for entry_id, _ in entries])
-        self.metrics.stored.inc(inserted)
+        inserted, refused = await self._insert(good, 0)
+        for index, reason in refused:
+            entry_id, raw = origin[index]
+            dead.append(DeadLetter(raw, reason, "refused", entry_id))
+        await self.stream.ack([entry_id for entry_id, _ in entries], dead=dead)
         if good:
             self.metrics.lag.set(max(0.0, time.time() - good[-1]["created_at"]))
+        if dead:
+            for letter in dead:
+                self.metrics.dead_lettered.labels(letter.stage).inc()
+                log.warning(
+                    "usage event dead-lettered",
+                    extra={"entry": letter.source, "stage": letter.stage, "reason": letter.reason[:300]},
+                )
+            await self._count_dead_letters()
         return inserted
+
+    async def _count_dead_letters(self) -> None:
+        """Refresh the gauge; a failure here must not hold up storing events."""
+        try:
+            self.metrics.dead_letters.set(await self.stream.dead_letter_count())
+        except Exception as exc:  # the gauge keeps its last value
+            log.warning("dead letters not counted", extra={"error": type(exc).__name__})
+
+    async def _insert(self, events: list[UsageEvent], offset: int) -> tuple[int, list[tuple[int, str]]]:
+        """Insert; when the store refuses the data, halve until each refused event is
+        alone. Returns rows inserted and (index, reason) of each refused event. A store
+        that is down raises, whatever was inserted so far (it dedupes on the retry)."""
+        try:
+            inserted = await self.store.insert(events)
+        except RefusedEvents as exc:
+            if len(events) == 1:
+                return 0, [(offset, str(exc))]
+        else:
+            # Counted at commit, not at ack: an ack lost to a Redis outage does not make
+            # the rows any less inserted (the redelivery inserts none).
+            self.metrics.stored.inc(inserted)
+            return inserted, []
+        half = len(events) // 2
+        first, refused_first = await self._insert(events[:half], offset)
+        second, refused_second = await self._insert(events[half:], offset + half)
+        return first + second, refused_first + refused_second
 
     async def drain_pending(self) -> None:
         while entries := await self.stream.read(self.name, count=self.batch, block_ms=0, pending=True):
@@ -94,6 +158,7 @@ class UsageConsumer:
             try:
                 if retry_pending:
                     await self.stream.ensure_group()
+                    await self._count_dead_letters()
                     await self.drain_pending()
                     retry_pending = False
                 now = time.monotonic()

@@ -2,6 +2,11 @@
 
 Inserts are idempotent on `event_id`, so a batch replayed after a crash between
 commit and acknowledgement adds nothing. Schema comes from versioned SQL files.
+
+An insert fails in one of two ways, and the consumer treats them differently: the
+store refused the data (`RefusedEvents`: a value out of range, a constraint), which
+no retry of the same batch can fix, or anything else (the store is down, out of
+disk, being migrated), which a retry later will.
 """
 
 from __future__ import annotations
@@ -40,6 +45,15 @@ COLUMNS = (
     "stream",
     "created_at",
 )
+
+
+class RefusedEvents(Exception):
+    """The store refused the data itself, not the connection: retrying the same batch
+    cannot succeed; the consumer splits it to find the events at fault."""
+
+
+def _refused(exc: BaseException) -> RefusedEvents:
+    return RefusedEvents(f"{type(exc).__name__}: {exc}"[:1000])
 
 
 def migrations(dialect: str) -> list[tuple[int, str]]:
@@ -113,13 +127,22 @@ class PostgresUsageStore:
         if not events:
             return 0
         columns: list[list[Any]] = [[] for _ in COLUMNS]
-        for event in events:
-            for i, name in enumerate(COLUMNS):
-                value: Any = event[name]  # type: ignore[literal-required]
-                if name == "created_at":
-                    value = datetime.fromtimestamp(value, UTC)
-                columns[i].append(value)
-        status = await self.pool.execute(_PG_INSERT, *columns)
+        try:
+            for event in events:
+                for i, name in enumerate(COLUMNS):
+                    value: Any = event[name]  # type: ignore[literal-required]
+                    if name == "created_at":
+                        value = datetime.fromtimestamp(value, UTC)
+                    columns[i].append(value)
+        except (ValueError, OverflowError, OSError) as exc:  # a time Python cannot represent
+            raise _refused(exc) from exc
+        try:
+            status = await self.pool.execute(_PG_INSERT, *columns)
+        # Class 22 (data exception: out of range, bad encoding) and class 23 (integrity
+        # constraint). Every other error, a lost connection or a full disk on the server
+        # among them, means "try again later".
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            raise _refused(exc) from exc
         return int(status.rsplit(" ", 1)[1])
 
     async def summary(self, since: float | None, key_id: str | None) -> list[dict[str, Any]]:
@@ -159,10 +182,12 @@ class PostgresUsageStore:
         await self.pool.close()
 
 
+# ON CONFLICT on the key only: OR IGNORE would also skip rows that break any other
+# constraint, silently. ("WHERE true" lets SQLite parse the upsert after a SELECT.)
 _SQLITE_INSERT = (
-    f"INSERT OR IGNORE INTO usage_events ({', '.join(COLUMNS)}) SELECT "
+    f"INSERT INTO usage_events ({', '.join(COLUMNS)}) SELECT "
     + ", ".join(f"json_extract(value, '$.{c}')" for c in COLUMNS)  # true/false → 1/0
-    + " FROM json_each(?)"
+    + " FROM json_each(?) WHERE true ON CONFLICT (event_id) DO NOTHING"
 )
 
 
@@ -216,7 +241,12 @@ class SqliteUsageStore:
             self.conn.execute("COMMIT")
             return self.conn.total_changes - before
 
-        return int(await self._run(write))
+        try:
+            return int(await self._run(write))
+        # A constraint or a value SQLite cannot hold; OperationalError (locked, disk
+        # full, I/O) is the store being unavailable, retried later.
+        except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError) as exc:
+            raise _refused(exc) from exc
 
     async def summary(self, since: float | None, key_id: str | None) -> list[dict[str, Any]]:
         where: list[str] = ["1"]

@@ -118,10 +118,19 @@ class AuthConfig(_Strict):
 
 
 class UsageConfig(_Strict):
+    """The usage pipeline (docs/usage-pipeline.md)."""
+
     stream: str = Field(default="gateway:usage", min_length=1)
     group: str = Field(default="analytics", min_length=1)
     flush_interval_ms: float = Field(default=20.0, gt=0, le=10_000)
     max_batch: int = Field(default=512, ge=1, le=100_000)
+    # Router: events held in memory while neither Redis nor the spool disk takes them;
+    # past it, new events are dropped (counted, logged).
+    max_buffered_events: int = Field(default=100_000, ge=1, le=10_000_000)
+    # Analytics: where events it cannot store go (default "<stream>:dead"), and how
+    # many are kept (the oldest go first).
+    dead_letter_stream: str | None = Field(default=None, min_length=1)
+    dead_letter_max: int = Field(default=100_000, ge=1, le=10_000_000)
 
 
 class GatewayConfig(_Strict):

@@ -1,8 +1,20 @@
-"""The usage event: one per request, written by the router, stored by analytics."""
+"""The usage event: one per request, written by the router, stored by analytics.
+
+`decode_event` is where analytics decides what it will try to store: the shape, and
+the ranges every store can hold (PostgreSQL's `integer` and `smallint`, text without
+NUL, a timestamp any store and Python agree on). An event outside them would make
+its whole batch fail in the store, so it is refused here, by name of the field.
+
+Decoding is table-driven (`FIELDS`): a field added later is one line with a
+`default`, so events written before it (old spool files) still decode.
+"""
 
 from __future__ import annotations
 
-from typing import TypedDict
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any, TypedDict
 
 import orjson
 
@@ -26,7 +38,7 @@ class UsageEvent(TypedDict):
     cached: bool
     stream: bool
     created_at: float  # unix seconds
-    # Added after the first release; optional when decoding (see _DEFAULTS).
+    # Added after the first release; optional when decoding (see FIELDS).
     cached_tokens: int  # prompt tokens the provider served from its own prompt cache
     reasoning_tokens: int
     cost: float | None  # from the deployment's configured price; None = price unknown
@@ -38,61 +50,138 @@ class UsageEvent(TypedDict):
     region: str | None  # the region of the router that served the request
 
 
-_FIELDS: dict[str, tuple[type, ...]] = {
-    "event_id": (str,),
-    "request_id": (str,),
-    "key_id": (str,),
-    "endpoint": (str,),
-    "model": (str,),
-    "provider": (str,),
-    "upstream_model": (str,),
-    "prompt_tokens": (int,),
-    "completion_tokens": (int,),
-    "latency_ms": (int, float),
-    "ttft_ms": (int, float, type(None)),
-    "status": (int,),
-    "error_code": (str, type(None)),
-    "cached": (bool,),
-    "stream": (bool,),
-    "created_at": (int, float),
-}
-
-
-# Fields added after the first release: events without them (an old spool file) still decode.
-_OPTIONAL: dict[str, tuple[object, tuple[type, ...]]] = {
-    "team_id": (None, (str, type(None))),
-    "estimated": (False, (bool,)),
-    "cached_tokens": (0, (int,)),
-    "reasoning_tokens": (0, (int,)),
-    "cost": (None, (int, float, type(None))),
-    "saved_cost": (None, (int, float, type(None))),
-    "cache": (None, (str, type(None))),
-    "deployment": ("", (str,)),
-    "attempts": (0, (int,)),
-    "route_reason": (None, (str, type(None))),
-    "region": (None, (str, type(None))),
-}
-_DEFAULTS = {name: default for name, (default, _) in _OPTIONAL.items()}
-_FIELDS.update({name: types for name, (_, types) in _OPTIONAL.items()})
-
-
 class BadEvent(ValueError):
     """A stream entry that is not a usage event."""
 
 
+MAX_EVENT_BYTES = 64 * 1024  # one event's JSON; real ones are well under 1 KiB
+INT32_MAX = 2**31 - 1  # PostgreSQL `integer`
+EARLIEST = 946_684_800.0  # 2000-01-01: before it, a clock was not set
+LATEST = 4_102_444_800.0  # 2100-01-01: fixed, so a decode gives the same answer on replay
+
+Check = Callable[[Any], str | None]
+"""Returns why the value is refused, or None when it is acceptable."""
+
+_REQUIRED = object()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Field:
+    """How one field is checked; with a `default`, an event may lack it (fields added later)."""
+
+    check: Check
+    default: Any = _REQUIRED
+
+
+def text(max_len: int, *, min_len: int = 0, optional: bool = False) -> Check:
+    def check(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            return "must be a string" + (" or null" if optional else "")
+        if not min_len <= len(value) <= max_len:
+            return f"must have {min_len} to {max_len} characters"
+        if "\x00" in value:
+            return "must not contain NUL"
+        return None
+
+    return check
+
+
+def count(value: Any) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return "must be an integer"
+    if not 0 <= value <= INT32_MAX:
+        return f"must be from 0 to {INT32_MAX}"
+    return None
+
+
+def non_negative(*, optional: bool = False) -> Check:
+    def check(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return "must be a number" + (" or null" if optional else "")
+        if not math.isfinite(value) or value < 0:
+            return "must be a finite, non-negative number"
+        return None
+
+    return check
+
+
+def status(value: Any) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return "must be an integer"
+    if not 100 <= value <= 599:
+        return "must be an HTTP status (100-599)"
+    return None
+
+
+def flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be a boolean"
+
+
+def unix_time(value: Any) -> str | None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "must be a number (unix seconds)"
+    if not EARLIEST <= value < LATEST:
+        return "must be a time from 2000 to 2100 (unix seconds)"
+    return None
+
+
+FIELDS: dict[str, Field] = {
+    "event_id": Field(text(256, min_len=1)),
+    "request_id": Field(text(256, min_len=1)),
+    "key_id": Field(text(256, min_len=1)),
+    "endpoint": Field(text(256, min_len=1)),
+    "model": Field(text(1024)),  # empty when the request failed before naming a model
+    "provider": Field(text(256)),
+    "upstream_model": Field(text(1024)),
+    "prompt_tokens": Field(count),
+    "completion_tokens": Field(count),
+    "latency_ms": Field(non_negative()),
+    "ttft_ms": Field(non_negative(optional=True)),
+    "status": Field(status),
+    "error_code": Field(text(256, optional=True)),
+    "cached": Field(flag),
+    "stream": Field(flag),
+    "created_at": Field(unix_time),
+    # Added after the first release: events without them (an old spool file) still decode.
+    "team_id": Field(text(256, optional=True), default=None),
+    "estimated": Field(flag, default=False),
+    "cached_tokens": Field(count, default=0),
+    "reasoning_tokens": Field(count, default=0),
+    "cost": Field(non_negative(optional=True), default=None),
+    "saved_cost": Field(non_negative(optional=True), default=None),
+    "cache": Field(text(16, optional=True), default=None),
+    "deployment": Field(text(1024), default=""),
+    "attempts": Field(count, default=0),
+    "route_reason": Field(text(256, optional=True), default=None),
+    "region": Field(text(64, optional=True), default=None),
+}
+
+
 def decode_event(raw: bytes) -> UsageEvent:
+    """The event in one line of a stream entry, with exactly the fields of `FIELDS`;
+    raises BadEvent naming the first field that is missing or out of range."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise BadEvent(f"event is {len(raw)} bytes, more than {MAX_EVENT_BYTES}")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadEvent(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadEvent("not an object")
-    for name, default in _DEFAULTS.items():
-        data.setdefault(name, default)
-    for name, types in _FIELDS.items():
-        if name not in data:
+    event: dict[str, Any] = {}
+    for name, spec in FIELDS.items():
+        if name in data:
+            value = data[name]
+        elif spec.default is not _REQUIRED:
+            value = spec.default
+        else:
             raise BadEvent(f"missing field {name}")
-        value = data[name]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise BadEvent(f"field {name} has the wrong type")
-    return data  # type: ignore[return-value]
+        reason = spec.check(value)
+        if reason is not None:
+            raise BadEvent(f"field {name} {reason}")
+        event[name] = value
+    return event  # type: ignore[return-value]

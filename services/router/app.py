@@ -136,6 +136,7 @@ def create_app(
                 metrics,
                 flush_interval=config.usage.flush_interval_ms / 1000,
                 max_batch=config.usage.max_batch,
+                max_buffered=config.usage.max_buffered_events,
             )
             task = asyncio.create_task(publisher.run(), name="usage-publisher")
 

@@ -70,8 +70,15 @@ class RouterMetrics:
         )
         self.usage_events = Counter(
             "gateway_usage_events_total",
-            "Usage events by outcome: published, spooled (Redis down), replayed",
+            "Usage events by outcome: published, spooled (Redis down), replayed,"
+            " dropped (Redis and the spool disk both refused, memory bound reached)",
             ["outcome"],
+            registry=registry,
+        )
+        self.usage_failures = Counter(
+            "gateway_usage_failures_total",
+            "Failed usage writes by target: stream (Redis), spool (local disk)",
+            ["target"],
             registry=registry,
         )
         self.usage_buffer = Gauge(

@@ -16,6 +16,7 @@ from openai import AsyncOpenAI
 
 from services import topology
 from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL
+from tests.integration.streams import wait_settled
 
 
 def free_port_base() -> int:
@@ -72,7 +73,7 @@ models:
     finally:
         subprocess.run([*command, "down", *where], env=env, capture_output=True, check=True)
         assert not list(run_dir.glob("*.pid"))
-        sync_redis.from_url(REDIS_URL).delete(stream)
+        sync_redis.from_url(REDIS_URL).delete(stream, f"{stream}:dead")
 
 
 def router_url(cluster) -> str:
@@ -103,7 +104,7 @@ async def test_every_service_is_up_with_probes_and_metrics(cluster):
         assert len(up) == 4, text
 
 
-async def test_n_requests_give_exactly_n_usage_rows(cluster, pg):
+async def test_n_requests_give_exactly_n_usage_rows(cluster, pg, redis):
     prefix = f"dist-{uuid.uuid4().hex[:10]}"
     n = 30
     client = AsyncOpenAI(base_url=f"{router_url(cluster)}/v1", api_key=MASTER_KEY, max_retries=0)
@@ -138,7 +139,9 @@ async def test_n_requests_give_exactly_n_usage_rows(cluster, pg):
         while (rows := await pg.fetchval(query, f"{prefix}-%")) < n and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert rows == n
-        await asyncio.sleep(0.5)
+        # Count again once every stream entry was read and acknowledged (a duplicate
+        # delivery would have been stored by then), not after a guessed pause.
+        await wait_settled(redis, cluster["stream"])
         assert await pg.fetchval(query, f"{prefix}-%") == n
         streamed = await pg.fetchval(
             "SELECT count(*) FROM usage_events WHERE request_id LIKE $1 AND stream AND ttft_ms IS NOT NULL",

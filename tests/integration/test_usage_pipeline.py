@@ -10,12 +10,13 @@ from prometheus_client import CollectorRegistry
 
 from services.analytics.consumer import ConsumerMetrics, UsageConsumer
 from services.analytics.store import PostgresUsageStore
-from services.kernel.stream import RedisUsageStream, events_of
+from services.kernel.stream import RedisUsageStream
 from services.router.metrics import RouterMetrics
 from services.router.spool import Spool
 from services.router.usage import UsagePublisher
 from tests.conftest import DATABASE_URL, unique
 from tests.integration.events import make_event
+from tests.integration.streams import stream_events, wait_for, wait_settled
 
 
 async def count_rows(pg, tag: str) -> int:
@@ -42,7 +43,7 @@ async def pipeline(redis, pg):
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await store.close()
-    await redis.delete(name)
+    await redis.delete(name, f"{name}:dead")
     await pg.execute("DELETE FROM usage_events WHERE key_id = $1", tag)
 
 
@@ -52,7 +53,7 @@ async def test_n_events_give_exactly_n_rows_even_when_redelivered(pipeline, pg):
     await stream.publish([orjson.dumps(e) for e in events])
     await stream.publish([orjson.dumps(e) for e in events[:50]])  # a replayed spool, say
     assert await wait_rows(pg, tag, 200) == 200
-    await asyncio.sleep(0.3)  # let any duplicate delivery land before counting again
+    await wait_settled(stream.redis, stream.stream)  # the duplicates too were read and acked
     assert await count_rows(pg, tag) == 200
     assert consumer.metrics.stored._value.get() == 200
 
@@ -61,7 +62,35 @@ async def test_bad_entries_are_rejected_without_stopping_the_consumer(pipeline, 
     stream, tag, consumer = pipeline
     await stream.publish([b"not json", orjson.dumps({"event_id": "x"}), orjson.dumps(make_event(tag))])
     assert await wait_rows(pg, tag, 1) == 1
+    await wait_settled(stream.redis, stream.stream)
     assert consumer.metrics.rejected._value.get() == 2
+    dead = await stream.dead_letters(count=10)
+    assert [(d.data, d.stage) for _, d in dead] == [
+        (b"not json", "invalid"),
+        (b'{"event_id":"x"}', "invalid"),
+    ]
+
+
+async def test_an_out_of_range_event_does_not_hold_up_the_ones_behind_it(pipeline, pg):
+    """2^31 prompt tokens: PostgreSQL's integer refuses it. It goes to the dead-letter
+    stream; its neighbours in the same entry and every later entry are stored."""
+    stream, tag, consumer = pipeline
+    poison = make_event(tag, 5, prompt_tokens=2**31)
+    first = [make_event(tag, i) for i in range(5)] + [poison] + [make_event(tag, i) for i in range(6, 10)]
+    await stream.publish([orjson.dumps(e) for e in first])
+    await stream.publish([orjson.dumps(make_event(tag, i)) for i in range(10, 20)])
+    assert await wait_rows(pg, tag, 19) == 19
+    await wait_settled(stream.redis, stream.stream)
+    assert await count_rows(pg, tag) == 19
+    [(_, dead)] = await stream.dead_letters(count=10)
+    assert orjson.loads(dead.data)["event_id"] == poison["event_id"]
+    assert dead.stage == "invalid"
+    assert "prompt_tokens" in dead.reason
+    assert await stream.dead_letter_count() == 1
+    dead_lettered = consumer.metrics.registry.get_sample_value(
+        "gateway_analytics_events_dead_lettered_total", {"stage": "invalid"}
+    )
+    assert dead_lettered == 1
 
 
 async def test_events_stay_pending_while_the_store_fails(redis, pg):
@@ -85,15 +114,17 @@ async def test_events_stay_pending_while_the_store_fails(redis, pg):
         await stream.publish([orjson.dumps(make_event(tag, i)) for i in range(10)])
         task = asyncio.create_task(consumer.run())
         assert await wait_rows(pg, tag, 10) == 10
+        await wait_settled(redis, name)  # the ack follows the commit: wait for it, then look
         assert failures == 3
         assert consumer.metrics.failures._value.get() == 3
-        assert await redis.xlen(name) == 0  # acked (and deleted) only after the commit
+        assert await redis.xlen(name) == 0  # acknowledged entries are deleted
+        assert await stream.dead_letter_count() == 0  # a failing store is not a reason to give up
         consumer.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     finally:
         await store.close()
-        await redis.delete(name)
+        await redis.delete(name, f"{name}:dead")
         await pg.execute("DELETE FROM usage_events WHERE key_id = $1", tag)
 
 
@@ -110,23 +141,31 @@ async def test_publisher_spools_while_redis_is_down_and_replays(redis, tmp_path)
         max_batch=7,
         replay_every=0.0,
     )
+    task = asyncio.create_task(publisher.run())
     try:
         for i in range(20):
             publisher.emit(make_event(tag, i))
-        await publisher.flush()
+        await wait_for(
+            lambda: metrics.usage_events.labels("spooled")._value.get() == 20, what="20 events spooled"
+        )
         assert spool.has_events()
-        assert metrics.usage_events.labels("spooled")._value.get() == 20
-        # Redis is back: the next flush publishes new events and replays the spool.
+        # Redis is back: new events are published and the spool is replayed.
         publisher.stream = RedisUsageStream(redis, name, "analytics")
         publisher.emit(make_event(tag, 20))
-        await publisher.flush()
-        await publisher.flush()
-        assert not spool.has_events()
-        entries = await redis.xrange(name)
-        ids = sorted(
-            orjson.loads(line)["request_id"] for _, fields in entries for line in events_of(fields[b"e"])
-        )
-        assert ids == sorted(f"{tag}-{i}" for i in range(21))
+        expected = sorted(f"{tag}-{i}" for i in range(21))
+
+        async def replayed() -> bool:
+            ids = sorted(orjson.loads(line)["request_id"] for line in await stream_events(redis, name))
+            return ids == expected and not spool.has_events()
+
+        await wait_for(replayed, what="the spool replayed into the stream")
+        # All 20 went through the spool; the 21st too if the stream was still backing off.
+        replayed = metrics.usage_events.labels("replayed")._value.get()
+        published = metrics.usage_events.labels("published")._value.get()
+        assert replayed >= 20
+        assert replayed + published == 21
     finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await down.aclose()
         await redis.delete(name)
