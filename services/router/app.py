@@ -27,6 +27,7 @@ from services.kernel.service import ServiceApp, build_app
 from services.kernel.settings import Settings
 from services.kernel.stream import RedisUsageStream, UsageStream
 from services.router.dispatch import Dispatcher
+from services.router.httpclient import NativeTransport
 from services.router.ingress import ModelCards, RouterApp, RouterState
 from services.router.metrics import RouterMetrics
 from services.router.pipeline import Pipeline
@@ -34,7 +35,7 @@ from services.router.providers import adapters
 from services.router.providers.mock import mock_transport
 from services.router.relay import Relay
 from services.router.routing import CatalogResolver
-from services.router.sender import AiohttpTransport, Sender, Transport
+from services.router.sender import Sender, Transport
 from services.router.settle import Background, Settler
 from services.router.spool import Spool
 from services.router.stages import (
@@ -124,7 +125,7 @@ def create_app(
 
             network = given.network
             if network is None:
-                transport = AiohttpTransport.create()
+                transport = NativeTransport()
                 stack.push_async_callback(transport.aclose)
                 network = transport
             sender = Sender(network, mock_transport(catalog))

@@ -8,16 +8,16 @@ the page from 9 KB to 10 MB).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.kernel.config import Deployment
+from services.router.requeststats import RequestStats
 
 if TYPE_CHECKING:
     from services.router.exchange import Exchange
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 NONE = "none"
 _STATUSES = frozenset(
     {200, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 431, 499, 500, 502, 503, 504}
@@ -30,32 +30,8 @@ def status_label(status: int) -> str:
 
 class RouterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "gateway_requests_total",
-            "Model requests answered, by endpoint, model, provider and status",
-            ["endpoint", "model", "provider", "status"],
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "gateway_request_duration_seconds",
-            "Time from request to the last byte of the response",
-            ["endpoint", "model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.ttft = Histogram(
-            "gateway_time_to_first_token_seconds",
-            "Streaming: time from request to the first chunk sent",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.tokens = Counter(
-            "gateway_tokens_total",
-            "Tokens by model and direction (prompt, completion)",
-            ["model", "direction"],
-            registry=registry,
-        )
+        self.stats = RequestStats()
+        registry.register(self.stats)
         self.upstream_errors = Counter(
             "gateway_upstream_errors_total",
             "Upstream failures by provider, deployment and error code",
@@ -90,36 +66,21 @@ class RouterMetrics:
             ["service"],
             registry=registry,
         )
-        self.in_flight = Gauge(
-            "gateway_requests_in_flight", "Model requests being answered now", registry=registry
-        )
-        self._children: dict[tuple[str, str, str, int], tuple[Any, ...]] = {}
 
     def record(self, ex: Exchange, latency: float, ttft: float | None) -> None:
-        """Count one finished model request. Label children are looked up once per combination."""
-        model = ex.route.model if ex.route is not None else NONE
+        """Count one finished model request."""
         dep = ex.deployment
-        key = (ex.endpoint, model, dep.provider if dep is not None else NONE, ex.status)
-        children = self._children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(key[0], model, key[2], status_label(ex.status)),
-                self.duration.labels(key[0], model),
-                self.ttft.labels(model),
-                self.tokens.labels(model, "prompt"),
-                self.tokens.labels(model, "completion"),
-            )
-            self._children[key] = children
-        requests, duration, ttft_hist, prompt, completion = children
-        requests.inc()
-        duration.observe(latency)
-        if ttft is not None:
-            ttft_hist.observe(ttft)
         usage = ex.usage
-        if usage.prompt_tokens:
-            prompt.inc(usage.prompt_tokens)
-        if usage.completion_tokens:
-            completion.inc(usage.completion_tokens)
+        self.stats.record(
+            ex.endpoint,
+            ex.route.model if ex.route is not None else NONE,
+            dep.config.provider if dep is not None else NONE,
+            status_label(ex.status),
+            latency,
+            ttft,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+        )
 
     def upstream_error(self, dep: Deployment, code: str | None) -> None:
         self.upstream_errors.labels(dep.provider, dep.name, code or NONE).inc()

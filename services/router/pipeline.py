@@ -115,7 +115,7 @@ class Pipeline:
         self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
         ex = Exchange(request_id, endpoint, headers=dict(scope["headers"]))
-        self.metrics.in_flight.inc()
+        self.metrics.stats.in_flight += 1
         try:
             await self._run(ex, receive, send)
         except GatewayError as exc:
@@ -136,7 +136,7 @@ class Pipeline:
             if not ex.responded:
                 await send_error(send, err, request_id, self.redact)
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.stats.in_flight -= 1
             self.settler.settle(ex)
 
     async def _run(self, ex: Exchange, receive: Receive, send: Send) -> None:

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import aiohttp
 
-from services.router.providers.base import HttpRequest, HttpResponse
+from services.router.providers.base import HttpRequest, HttpResponse, Timeouts
 
 
 class TransportError(Exception):
@@ -104,6 +104,15 @@ class AiohttpTransport:
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
+        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+
+    def _timeout(self, t: Timeouts) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(t)
+        if timeout is None:
+            timeout = self._timeouts[t] = aiohttp.ClientTimeout(
+                total=None, sock_connect=t.connect, sock_read=t.read
+            )
+        return timeout
 
     @classmethod
     def create(cls, *, max_connections: int = 4096) -> AiohttpTransport:
@@ -120,8 +129,7 @@ class AiohttpTransport:
         )
 
     async def send(self, request: HttpRequest) -> HttpResponse:
-        t = request.timeouts
-        timeout = aiohttp.ClientTimeout(total=t.read, sock_connect=t.connect)
+        timeout = self._timeout(request.timeouts)
         try:
             async with self.session.request(
                 request.method,
