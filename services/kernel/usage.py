@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import orjson
 
@@ -33,7 +33,8 @@ class UsageEvent(TypedDict):
     saved_cost: float | None  # a cache hit: what the answer would have cost
     cache: str | None  # "exact" or "semantic" on a cache hit
     deployment: str  # "<public model>/<index>" that answered, or was tried last
-    attempts: int  # deployments tried
+    attempts: int  # tries (of one deployment or several)
+    attempt_log: list[dict[str, Any]]  # each try: deployment, status, code, ms
     route_reason: str | None  # why this model (an alias, automatic routing)
     region: str | None  # the region of the router that served the request
 
@@ -69,6 +70,7 @@ _OPTIONAL: dict[str, tuple[object, tuple[type, ...]]] = {
     "cache": (None, (str, type(None))),
     "deployment": ("", (str,)),
     "attempts": (0, (int,)),
+    "attempt_log": ([], (list,)),
     "route_reason": (None, (str, type(None))),
     "region": (None, (str, type(None))),
 }
@@ -88,7 +90,7 @@ def decode_event(raw: bytes) -> UsageEvent:
     if not isinstance(data, dict):
         raise BadEvent("not an object")
     for name, default in _DEFAULTS.items():
-        data.setdefault(name, default)
+        data.setdefault(name, list(default) if isinstance(default, list) else default)
     for name, types in _FIELDS.items():
         if name not in data:
             raise BadEvent(f"missing field {name}")

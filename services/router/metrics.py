@@ -24,6 +24,9 @@ _STATUSES = frozenset(
 )
 
 
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
 def status_label(status: int) -> str:
     return str(status) if status in _STATUSES else ("other_4xx" if 400 <= status < 500 else "other")
 
@@ -86,6 +89,24 @@ class RouterMetrics:
         self.in_flight = Gauge(
             "gateway_requests_in_flight", "Model requests being answered now", registry=registry
         )
+        self.attempts = Counter(
+            "gateway_upstream_attempts_total",
+            "Tries of a deployment, by the status they ended with",
+            ["provider", "deployment", "status"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "gateway_upstream_retries_total",
+            "Tries of the same deployment again after a backoff",
+            ["provider", "deployment"],
+            registry=registry,
+        )
+        self.circuit_state = Gauge(
+            "gateway_deployment_circuit_state",
+            "Circuit breaker of each deployment: 0 closed, 1 half-open (probing), 2 open",
+            ["provider", "deployment"],
+            registry=registry,
+        )
         self._children: dict[tuple[str, str, str, int], tuple[Any, ...]] = {}
 
     def record(self, ex: Exchange, latency: float, ttft: float | None) -> None:
@@ -113,6 +134,12 @@ class RouterMetrics:
             prompt.inc(usage.prompt_tokens)
         if usage.completion_tokens:
             completion.inc(usage.completion_tokens)
+
+    def attempt(self, dep: Deployment, status: int) -> None:
+        self.attempts.labels(dep.provider, dep.name, status_label(status)).inc()
+
+    def circuit(self, dep: Deployment, state: str) -> None:
+        self.circuit_state.labels(dep.provider, dep.name).set(CIRCUIT_STATES[state])
 
     def upstream_error(self, dep: Deployment, code: str | None) -> None:
         self.upstream_errors.labels(dep.provider, dep.name, code or NONE).inc()

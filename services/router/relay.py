@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.types import Receive, Send
@@ -29,6 +29,9 @@ from services.router.providers.base import Usage
 from services.router.providers.sse import DONE
 from services.router.providers.tokens import count_messages, count_text
 from services.router.sender import TransportError
+
+if TYPE_CHECKING:
+    from services.router.dialect import StreamWriter
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -141,10 +144,6 @@ class ChatAssembler:
         return total
 
 
-def error_event(err: GatewayError) -> bytes:
-    return b"data: " + orjson.dumps(err.body()) + b"\n\n"
-
-
 def estimate(ex: Exchange, assembler: ChatAssembler) -> Usage:
     """Usage counted by the gateway: the prompt it forwarded, the completion it relayed."""
     messages = ex.body.get("messages")
@@ -166,6 +165,7 @@ class Relay:
         headers: list[tuple[bytes, bytes]],
         receive: Receive,
         send: Send,
+        writer: StreamWriter,
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -187,7 +187,7 @@ class Relay:
                 ex.responded = True
                 await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
                 try:
-                    await self._pump(ex, opened, assembler, send)
+                    await self._pump(ex, opened, assembler, send, writer)
                 except asyncio.CancelledError:
                     if state["gone"]:
                         task.uncancel()
@@ -198,7 +198,7 @@ class Relay:
                             "The gateway is shutting down and interrupted this stream; retry the request."
                         )
                         ex.fail(err.status, err.code)
-                        await send({"type": "http.response.body", "body": error_event(err) + DONE})
+                        await send({"type": "http.response.body", "body": writer.error(err) + writer.end()})
                         return
                     raise
                 state["done"] = True
@@ -212,21 +212,26 @@ class Relay:
             with contextlib.suppress(Exception):
                 await opened.response.aclose()
 
-    async def _pump(self, ex: Exchange, opened: OpenStream, assembler: ChatAssembler, send: Send) -> None:
+    async def _pump(
+        self, ex: Exchange, opened: OpenStream, assembler: ChatAssembler, send: Send, writer: StreamWriter
+    ) -> None:
         decoder = opened.decoder
-        include_usage = ex.include_usage
         err: GatewayError | None = None
         try:
-            async for data in opened.response.chunks():
-                out = self._frames(ex, decoder.feed(data), assembler, include_usage)
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-                if decoder.error is not None or decoder.done:
-                    break
-            else:
-                out = self._frames(ex, decoder.finish(), assembler, include_usage)
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            out = self._frames(ex, opened.ready, assembler, writer)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+            if decoder.error is None and not decoder.done:
+                async for data in opened.pieces:
+                    out = self._frames(ex, decoder.feed(data), assembler, writer)
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                    if decoder.error is not None or decoder.done:
+                        break
+                else:
+                    out = self._frames(ex, decoder.finish(), assembler, writer)
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
         except TransportError as exc:
             err = transport_error(opened.deployment, exc)
         if err is None and decoder.error is not None:
@@ -236,25 +241,23 @@ class Relay:
         if err is not None:
             err.message = self.redact(err.message)
             ex.fail(err.status, err.code)
-            await send({"type": "http.response.body", "body": error_event(err), "more_body": True})
-        await send({"type": "http.response.body", "body": DONE, "more_body": True})
+            await send({"type": "http.response.body", "body": writer.error(err), "more_body": True})
+        if err is None:
+            # The writer's end may carry the final usage (Anthropic's message_delta).
+            ex.usage = decoder.usage or estimate(ex, assembler)
+        await send({"type": "http.response.body", "body": writer.end(), "more_body": True})
 
     @staticmethod
     def _frames(
-        ex: Exchange, chunks: list[ChatCompletionChunk], assembler: ChatAssembler, include_usage: bool
+        ex: Exchange, chunks: list[ChatCompletionChunk], assembler: ChatAssembler, writer: StreamWriter
     ) -> bytes:
-        out = []
+        if not chunks:
+            return b""
         for chunk in chunks:
             assembler.add(chunk)
-            if ex.first_byte_at is None and chunk.get("choices"):
-                ex.first_byte_at = time.perf_counter()
-            if not include_usage and "usage" in chunk:
-                # The gateway asked for usage; the client did not: OpenAI then sends no usage key.
-                if not chunk.get("choices"):
-                    continue
-                del chunk["usage"]
-            out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        return b"".join(out)
+        if ex.first_byte_at is None and any(chunk.get("choices") for chunk in chunks):
+            ex.first_byte_at = time.perf_counter()
+        return writer.chunks(chunks)
 
 
 def replay(completion: dict[str, Any], include_usage: bool) -> bytes:

@@ -11,6 +11,11 @@ httpx's connection pool cost ~0.9 ms per request on one connection and collapsed
 Service-to-service calls keep httpx (its ASGITransport runs embedded services
 in-process). URLs with the `mock://` scheme go to the built-in mock provider,
 which answers in-process in OpenAI's wire format.
+
+Timeouts (per deployment, `Timeouts`): `connect` (aiohttp's), `first_byte` (the
+status and headers), `total` (the whole answer, a stream included) and `idle` (the
+longest silence inside a stream). All but `connect` are applied here with
+`asyncio.timeout`, so the in-process mock is held to them too.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Protocol
 
 import aiohttp
 
-from services.router.providers.base import HttpRequest, HttpResponse
+from services.router.providers.base import HttpRequest, HttpResponse, Timeouts
 
 
 class TransportError(Exception):
@@ -37,7 +42,12 @@ class ConnectTimedOut(TransportError):
 
 
 class ReadTimedOut(TransportError):
-    pass
+    """A timeout after the connection was made; `which` says which one."""
+
+    def __init__(self, which: str, seconds: float) -> None:
+        super().__init__(f"{which} timeout of {seconds:g} s")
+        self.which = which  # "first_byte", "total" or "idle"
+        self.seconds = seconds
 
 
 class ConnectionLost(TransportError):
@@ -63,14 +73,55 @@ class Transport(Protocol):
 def _translate(exc: BaseException) -> TransportError:
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return ConnectTimedOut(str(exc))
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return ReadTimedOut(str(exc))
     if isinstance(exc, aiohttp.ClientConnectorError):
         return ConnectFailed(type(exc).__name__)
     return ConnectionLost(type(exc).__name__)
 
 
 ERROR_BODY_LIMIT = 64 * 1024  # enough for any real error message; the rest is dropped
+
+
+class TimedStream:
+    """A stream held to its total deadline and its idle timeout, whatever the transport."""
+
+    def __init__(self, inner: UpstreamStream, timeouts: Timeouts, deadline: float) -> None:
+        self.inner = inner
+        self.status = inner.status
+        self.headers = inner.headers
+        self.timeouts = timeouts
+        self.deadline = deadline
+
+    def _limit(self) -> tuple[float, str, float]:
+        left = self.deadline - asyncio.get_running_loop().time()
+        t = self.timeouts
+        return (left, "total", t.total) if left < t.idle else (t.idle, "idle", t.idle)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        pieces = self.inner.chunks()
+        try:
+            while True:
+                wait, which, seconds = self._limit()
+                try:
+                    async with asyncio.timeout(max(wait, 0)):
+                        chunk = await anext(pieces)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise ReadTimedOut(which, seconds) from None
+                yield chunk
+        finally:
+            await pieces.aclose()  # type: ignore[attr-defined]
+
+    async def read(self, limit: int = ERROR_BODY_LIMIT) -> bytes:
+        wait, which, seconds = self._limit()
+        try:
+            async with asyncio.timeout(max(wait, 0)):
+                return await self.inner.read(limit)
+        except TimeoutError:
+            raise ReadTimedOut(which, seconds) from None
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 class _AiohttpStream:
@@ -83,14 +134,23 @@ class _AiohttpStream:
         try:
             async for chunk in self.response.content.iter_any():
                 yield chunk
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except aiohttp.ClientError as exc:
             raise _translate(exc) from None
 
     async def read(self, limit: int = ERROR_BODY_LIMIT) -> bytes:
+        """The body up to `limit` bytes (`content.read(n)` alone may return less)."""
+        parts = []
+        size = 0
         try:
-            return await self.response.content.read(limit)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            while size < limit:
+                part = await self.response.content.read(limit - size)
+                if not part:
+                    break
+                parts.append(part)
+                size += len(part)
+        except aiohttp.ClientError as exc:
             raise _translate(exc) from None
+        return b"".join(parts)
 
     async def aclose(self) -> None:
         self.response.release()
@@ -98,7 +158,11 @@ class _AiohttpStream:
 
 
 class AiohttpTransport:
-    """Keep-alive connection pool, opened once in the router's lifespan."""
+    """Keep-alive connection pool, opened once in the router's lifespan.
+
+    Only the connect timeout is aiohttp's; the others are applied by the `Sender`
+    the same way for every transport.
+    """
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
@@ -117,28 +181,10 @@ class AiohttpTransport:
             )
         )
 
-    async def send(self, request: HttpRequest) -> HttpResponse:
-        t = request.timeouts
-        timeout = aiohttp.ClientTimeout(total=t.read, sock_connect=t.connect)
+    async def _request(self, request: HttpRequest) -> aiohttp.ClientResponse:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=request.timeouts.connect)
         try:
-            async with self.session.request(
-                request.method,
-                request.url,
-                data=request.body,
-                headers=request.headers,
-                timeout=timeout,
-                allow_redirects=False,
-            ) as response:
-                body = await response.read()
-                return HttpResponse(response.status, response.headers, body)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _translate(exc) from None
-
-    async def open(self, request: HttpRequest) -> UpstreamStream:
-        t = request.timeouts
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.read)
-        try:
-            response = await self.session.request(
+            return await self.session.request(
                 request.method,
                 request.url,
                 data=request.body,
@@ -146,9 +192,25 @@ class AiohttpTransport:
                 timeout=timeout,
                 allow_redirects=False,
             )
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except aiohttp.ClientError as exc:
             raise _translate(exc) from None
-        return _AiohttpStream(response)
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        try:
+            async with asyncio.timeout(request.timeouts.first_byte):
+                response = await self._request(request)
+        except TimeoutError:
+            raise ReadTimedOut("first_byte", request.timeouts.first_byte) from None
+        try:
+            body = await response.read()
+        except aiohttp.ClientError as exc:
+            raise _translate(exc) from None
+        finally:
+            response.release()
+        return HttpResponse(response.status, response.headers, body)
+
+    async def open(self, request: HttpRequest) -> UpstreamStream:
+        return _AiohttpStream(await self._request(request))
 
     async def aclose(self) -> None:
         await self.session.close()
@@ -165,7 +227,24 @@ class Sender:
         return self.mock if url.startswith("mock://") else self.network
 
     async def send(self, request: HttpRequest) -> HttpResponse:
-        return await self._transport(request.url).send(request)
+        """The whole answer within `total` (the network transport also holds the
+        headers to `first_byte`)."""
+        try:
+            async with asyncio.timeout(request.timeouts.total):
+                return await self._transport(request.url).send(request)
+        except TimeoutError:
+            raise ReadTimedOut("total", request.timeouts.total) from None
 
-    async def open(self, request: HttpRequest) -> UpstreamStream:
-        return await self._transport(request.url).open(request)
+    async def open(self, request: HttpRequest) -> TimedStream:
+        """A streaming answer: headers within `first_byte`; then no silence longer than
+        `idle`, and the end within `total` of the start."""
+        t = request.timeouts
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t.total
+        try:
+            async with asyncio.timeout(min(t.first_byte, t.total)):
+                opened = await self._transport(request.url).open(request)
+        except TimeoutError:
+            which = "first_byte" if t.first_byte <= t.total else "total"
+            raise ReadTimedOut(which, min(t.first_byte, t.total)) from None
+        return TimedStream(opened, t, deadline)

@@ -188,7 +188,7 @@ class OpenAIAdapter:
             url=self._url(dep, path),
             headers=self._headers(dep),
             body=orjson.dumps(payload),
-            timeouts=Timeouts(connect=dep.config.connect_timeout_s, read=dep.config.timeout_s),
+            timeouts=Timeouts.of(dep),
         )
 
     def chat_request(self, dep: Deployment, body: ChatCompletionRequest, *, stream: bool) -> HttpRequest:
