@@ -49,6 +49,7 @@ from services.router.breaker import Breakers, State
 from services.router.exchange import Attempt, Exchange, Route
 from services.router.metrics import RouterMetrics
 from services.router.providers.base import Adapter, Completion, HttpRequest, HttpResponse, StreamDecoder
+from services.router.providers.params import finish_embeddings
 from services.router.providers.tokens import count_messages, count_text
 from services.router.routing import Balancer
 from services.router.sender import (
@@ -457,7 +458,9 @@ class Dispatcher:
             response = await self.sender.send(request)
             if response.status >= 300:
                 raise adapter.error(dep, response)
-            return (dep, adapter.embeddings_response(dep, response)), time.perf_counter() - started
+            completion = adapter.embeddings_response(dep, response)
+            completion = finish_embeddings(completion, ex.body.get("encoding_format"), prompt_estimate(ex))
+            return (dep, completion), time.perf_counter() - started
 
         return await self._attempts(ex, once, fallbacks=False)
 
