@@ -79,9 +79,12 @@ async def send_error(
     request_id: str,
     redact: Callable[[str], str],
     dialect: Dialect = OPENAI,
+    ex: Exchange | None = None,
 ) -> None:
     body = dialect.error(exc, redact(exc.message))
     headers = [(k.lower().encode(), v.encode("latin-1")) for k, v in exc.headers.items()]
+    if ex is not None and ex.attempts:
+        headers.append((b"x-gateway-attempts", attempts_header(ex).encode()))
     await send_json(send, exc.status, body, headers, request_id)
 
 
@@ -133,20 +136,20 @@ class Pipeline:
         except GatewayError as exc:
             ex.fail(exc.status, exc.code)
             if not ex.responded and exc.status != 499:
-                await send_error(send, exc, request_id, self.redact, dialect)
+                await send_error(send, exc, request_id, self.redact, dialect, ex)
         except asyncio.CancelledError:
             # The server stopped waiting for this request (shutdown past its timeout).
             # It ends here, recorded and, where possible, answered; nothing is left to cancel.
             err = ShuttingDown("The gateway is shutting down; retry the request.")
             ex.fail(err.status, err.code)
             if not ex.responded:
-                await send_error(send, err, request_id, self.redact, dialect)
+                await send_error(send, err, request_id, self.redact, dialect, ex)
         except Exception:
             log.exception("unexpected error in the request path", extra={"request_id": request_id})
             err = GatewayError("The gateway failed to handle the request; it has been logged.")
             ex.fail(err.status, err.code)
             if not ex.responded:
-                await send_error(send, err, request_id, self.redact, dialect)
+                await send_error(send, err, request_id, self.redact, dialect, ex)
         finally:
             self.metrics.in_flight.dec()
             self.dispatcher.finish(ex)

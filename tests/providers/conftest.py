@@ -13,3 +13,10 @@ from tests.providers.mocks import ProviderMocks, run_mocks
 def mocks() -> Iterator[ProviderMocks]:
     with run_mocks() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory, mocks):
+    from tests.providers.gateway import start
+
+    yield from start(tmp_path_factory.mktemp("providers-gateway"), mocks)
