@@ -49,7 +49,8 @@ def config_text(base: str) -> str:
         for fault in FAULTS:
             extra = {"retries": 1, "first_byte_timeout_s": FIRST_BYTE_TIMEOUT_S}
             models.append(
-                f"  - name: p-{provider}-{fault}\n    deployments:\n{deployment(provider, fault, base, **extra)}"
+                f"  - name: p-{provider}-{fault}\n    deployments:\n"
+                + deployment(provider, fault, base, **extra)
             )
     for provider in ("gemini", "cohere", "azure"):
         models.append(
