@@ -21,7 +21,10 @@ upstream `model` name picks the behaviour, so one server covers every case:
   Authorization header it received (`Bearer sk-...`), as careless hosts do.
 - `redirect`: 307 to `/v1/elsewhere/...` on the same server; a request that follows
   it is recorded in `redirected`.
-- `error-event`: streams one content chunk, then an in-band `{"error": ...}` event.
+- `error-event`: streams one content chunk, then an in-band `{"error": ...}` event at
+  once (the gateway sees the error before it relayed anything).
+- `error-event-gated`: the same, the error only once `gate(name)` is set (the gateway
+  has relayed the first chunk by then).
 - anything else: a deterministic answer built from the messages.
 
 Run it with `with run_upstream() as upstream: ...`; it serves on a free
@@ -274,7 +277,7 @@ class MockUpstream:
         yield _sse(chunk({"role": "assistant", "content": "", "refusal": None}))
         for i, word in enumerate(words):
             yield _sse(chunk({"content": word}))
-            if i == 0 and model == "gated":
+            if i == 0 and model in ("gated", "error-event-gated"):
                 try:
                     opened = await self._wait(self.gate(name), GATE_LIMIT_S)
                 except asyncio.CancelledError:  # the server saw the client disconnect
@@ -284,7 +287,7 @@ class MockUpstream:
                     return
             if i == 1 and model == "break-stream":
                 raise StreamDropped("the upstream drops the connection mid-stream")
-            if i == 0 and model == "error-event":
+            if i == 0 and model in ("error-event", "error-event-gated"):
                 yield _sse(error_body("The model is overloaded; try again.", "server_error", None))
                 return
         last = chunk({}, "stop")

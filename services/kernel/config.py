@@ -11,10 +11,11 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 log = logging.getLogger("gateway.config")
 
@@ -48,6 +49,13 @@ _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _MODEL_NAME = r"^[!-~]+$"  # printable ASCII, no spaces: it is sent back in response headers
 
 
+class Breaker(_Strict):
+    """When a deployment is taken out of rotation, and for how long."""
+
+    failures: int = Field(default=5, ge=1, le=1000)  # consecutive failures that open the circuit
+    cooldown_s: float = Field(default=30.0, gt=0, le=3600)  # out of rotation, then one probe
+
+
 class _DeploymentBase(_Strict):
     """What every deployment has, whatever its provider."""
 
@@ -57,8 +65,16 @@ class _DeploymentBase(_Strict):
 
     model: str = Field(min_length=1, max_length=256)
     weight: float = Field(default=1.0, gt=0)
-    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    # Timeouts: connecting; the answer's headers (time to first byte); the whole answer,
+    # streams included; the longest silence between two pieces of a stream.
     connect_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    first_byte_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    timeout_s: float = Field(default=600.0, gt=0, le=3600)
+    stream_idle_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    retries: int = Field(default=2, ge=0, le=10)  # further tries on this deployment before the next
+    rpm: int | None = Field(default=None, ge=1)  # requests per minute this deployment may take
+    tpm: int | None = Field(default=None, ge=1)  # tokens per minute (prompt estimate + completion)
+    breaker: Breaker = Breaker()
     price: Price | None = None  # unknown prices are recorded as unknown, never as zero
 
     def secret_refs(self) -> dict[str, str]:
@@ -76,17 +92,91 @@ def _check_base_url(url: str) -> str:
     return url.rstrip("/")
 
 
-class OpenAIDeployment(_DeploymentBase):
-    """OpenAI or any OpenAI-compatible host (Groq, Mistral, Together, vLLM, Ollama, ...)."""
+class _HttpDeployment(_DeploymentBase):
+    """A deployment reached over HTTP(S) at `base_url` (the provider's public endpoint
+    when the provider has one and the field is left out)."""
 
-    provider: Literal["openai"]
-    base_url: str = Field(min_length=1, max_length=2048)
-    api_key_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    default_base_url: ClassVar[str | None] = None
+    base_url: str = Field(default="", max_length=2048, validate_default=True)
 
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
+        if not value:
+            if cls.default_base_url is None:
+                raise PydanticCustomError("missing", "Field required")
+            return cls.default_base_url
         return _check_base_url(value)
+
+
+class OpenAIDeployment(_HttpDeployment):
+    """OpenAI or any OpenAI-compatible host (Groq, Mistral, Together, vLLM, Ollama, ...)."""
+
+    provider: Literal["openai"]
+    api_key_env: str | None = Field(default=None, pattern=_ENV_NAME)
+
+
+class AzureDeployment(_HttpDeployment):
+    """Azure OpenAI: `base_url` is the resource endpoint (`https://NAME.openai.azure.com`),
+    `model` the Azure deployment name; the key goes in the `api-key` header."""
+
+    provider: Literal["azure"]
+    api_version: str = Field(default="2024-10-21", pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$")
+    api_key_env: str = Field(pattern=_ENV_NAME)
+
+
+class AnthropicDeployment(_HttpDeployment):
+    """Anthropic's Messages API."""
+
+    default_base_url = "https://api.anthropic.com"
+    provider: Literal["anthropic"]
+    api_key_env: str = Field(pattern=_ENV_NAME)
+    anthropic_version: str = Field(default="2023-06-01", pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+    # Anthropic requires max_tokens; this is sent when the client gives none.
+    default_max_tokens: int = Field(default=4096, ge=1, le=1_000_000)
+
+
+class GeminiDeployment(_HttpDeployment):
+    """Google Gemini (the Generative Language API): `generateContent`, `streamGenerateContent`,
+    `batchEmbedContents`; the key goes in the `x-goog-api-key` header."""
+
+    default_base_url = "https://generativelanguage.googleapis.com"
+    provider: Literal["gemini"]
+    api_version: str = Field(default="v1beta", pattern=r"^v[0-9]+(alpha|beta)?[0-9]*$")
+    api_key_env: str = Field(pattern=_ENV_NAME)
+
+
+class CohereDeployment(_HttpDeployment):
+    """Cohere's v2 API: `/v2/chat` and `/v2/embed`."""
+
+    default_base_url = "https://api.cohere.com"
+    provider: Literal["cohere"]
+    api_key_env: str = Field(pattern=_ENV_NAME)
+    # Cohere embeddings need the purpose of the text; OpenAI's request has no such field.
+    embedding_input_type: Literal["search_document", "search_query", "classification", "clustering"] = (
+        "search_document"
+    )
+
+
+class BedrockDeployment(_DeploymentBase):
+    """AWS Bedrock's Converse API, signed with SigV4. `model` is the model or inference
+    profile id; `aws_region` the AWS region whose endpoint serves it."""
+
+    provider: Literal["bedrock"]
+    aws_region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$")
+    base_url: str | None = Field(default=None, max_length=2048)  # default: the region's endpoint
+    access_key_id_env: str = Field(pattern=_ENV_NAME)
+    secret_access_key_env: str = Field(pattern=_ENV_NAME)
+    session_token_env: str | None = Field(default=None, pattern=_ENV_NAME)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_base_url(value)
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url or f"https://bedrock-runtime.{self.aws_region}.amazonaws.com"
 
 
 class MockDeployment(_DeploymentBase):
@@ -96,8 +186,17 @@ class MockDeployment(_DeploymentBase):
     mock: MockParams = MockParams()
 
 
-DeploymentConfig = Annotated[OpenAIDeployment | MockDeployment, Field(discriminator="provider")]
-PROVIDERS = ("openai", "mock")
+AnyDeployment = (
+    OpenAIDeployment
+    | AzureDeployment
+    | AnthropicDeployment
+    | GeminiDeployment
+    | CohereDeployment
+    | BedrockDeployment
+    | MockDeployment
+)
+DeploymentConfig = Annotated[AnyDeployment, Field(discriminator="provider")]
+PROVIDERS = ("openai", "azure", "anthropic", "gemini", "cohere", "bedrock", "mock")
 
 
 class ModelConfig(_Strict):
@@ -106,6 +205,14 @@ class ModelConfig(_Strict):
     name: str = Field(min_length=1, max_length=256, pattern=_MODEL_NAME)
     aliases: tuple[Annotated[str, Field(min_length=1, max_length=256, pattern=_MODEL_NAME)], ...] = ()
     deployments: tuple[DeploymentConfig, ...] = Field(min_length=1)
+    # How a deployment is picked among this model's healthy ones with capacity.
+    balancing: Literal["weighted", "least_busy", "lowest_latency"] = "weighted"
+    # Models tried, in order, when every deployment of this one failed.
+    fallbacks: tuple[Annotated[str, Field(pattern=_MODEL_NAME)], ...] = ()
+    # Models tried when the prompt is too long for this one (the provider says
+    # context_length_exceeded, or the prompt estimate exceeds `context_window`).
+    context_fallbacks: tuple[Annotated[str, Field(pattern=_MODEL_NAME)], ...] = ()
+    context_window: int | None = Field(default=None, ge=1)  # prompt tokens this model takes
 
 
 class ServerConfig(_Strict):
@@ -133,12 +240,23 @@ class UsageConfig(_Strict):
     dead_letter_max: int = Field(default=100_000, ge=1, le=10_000_000)
 
 
+class ResilienceConfig(_Strict):
+    """Retries and fallbacks of a model request (the per-deployment part is on each deployment)."""
+
+    deadline_s: float = Field(default=600.0, gt=0, le=3600)  # no new try starts after this
+    backoff_base_s: float = Field(default=0.1, ge=0, le=60)  # first retry waits up to this (jittered)
+    backoff_max_s: float = Field(default=5.0, ge=0, le=600)
+    max_retry_after_s: float = Field(default=5.0, ge=0, le=3600)  # a longer Retry-After is not waited out
+    max_attempts: int = Field(default=10, ge=1, le=100)  # tries of one request, all deployments together
+
+
 class GatewayConfig(_Strict):
     """The whole file."""
 
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
     usage: UsageConfig = UsageConfig()
+    resilience: ResilienceConfig = ResilienceConfig()
     models: tuple[ModelConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -151,6 +269,15 @@ class GatewayConfig(_Strict):
                         f"model name {name!r} appears twice (names and aliases are one namespace)"
                     )
                 seen.add(name)
+        for model in self.models:
+            for field in ("fallbacks", "context_fallbacks"):
+                for name in getattr(model, field):
+                    if name not in seen:
+                        raise ValueError(
+                            f"model {model.name!r}: {field} names {name!r}, which is not a model"
+                        )
+                    if name == model.name or name in model.aliases:
+                        raise ValueError(f"model {model.name!r}: {field} names the model itself")
         return self
 
 
@@ -164,7 +291,7 @@ class Deployment:
 
     public_model: str
     index: int  # position among the model's deployments, a stable id for metrics and logs
-    config: OpenAIDeployment | MockDeployment
+    config: AnyDeployment
     secrets: Mapping[str, str] = dataclasses.field(repr=False)
 
     @property
@@ -187,6 +314,7 @@ class Catalog:
 
     models: Mapping[str, tuple[Deployment, ...]]
     aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)  # alias → public name
+    configs: Mapping[str, ModelConfig] = dataclasses.field(default_factory=dict)  # public name → config
 
     def secrets(self) -> list[str]:
         """Every resolved secret value, for redaction."""
@@ -298,4 +426,5 @@ def build_catalog(config: GatewayConfig, env: Mapping[str, str]) -> Catalog:
         if usable:
             models[model.name] = tuple(usable)
             aliases.update(dict.fromkeys(model.aliases, model.name))
-    return Catalog(models=models, aliases=aliases)
+    configs = {m.name: m for m in config.models if m.name in models}
+    return Catalog(models=models, aliases=aliases, configs=configs)

@@ -45,7 +45,8 @@ class UsageEvent(TypedDict):
     saved_cost: float | None  # a cache hit: what the answer would have cost
     cache: str | None  # "exact" or "semantic" on a cache hit
     deployment: str  # "<public model>/<index>" that answered, or was tried last
-    attempts: int  # deployments tried
+    attempts: int  # tries (of one deployment or several)
+    attempt_log: list[dict[str, Any]]  # each try: deployment, status, code, ms
     route_reason: str | None  # why this model (an alias, automatic routing)
     region: str | None  # the region of the router that served the request
 
@@ -121,6 +122,27 @@ def flag(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be a boolean"
 
 
+MAX_ATTEMPTS = 64
+
+
+def attempt_log(value: Any) -> str | None:
+    """The tries of a request: [{deployment, status, code, ms}, ...]."""
+    if not isinstance(value, list) or len(value) > MAX_ATTEMPTS:
+        return f"must be a list of at most {MAX_ATTEMPTS} tries"
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"deployment", "status", "code", "ms"}:
+            return "must hold objects with deployment, status, code and ms"
+        if text(1024)(item["deployment"]) or text(256, optional=True)(item["code"]):
+            return "must hold short strings for deployment and code"
+        if (
+            not isinstance(item["status"], int)
+            or not 0 <= item["status"] <= 599
+            or non_negative()(item["ms"])
+        ):
+            return "must hold a status (0-599) and non-negative milliseconds"
+    return None
+
+
 def unix_time(value: Any) -> str | None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "must be a number (unix seconds)"
@@ -156,6 +178,7 @@ FIELDS: dict[str, Field] = {
     "cache": Field(text(16, optional=True), default=None),
     "deployment": Field(text(1024), default=""),
     "attempts": Field(count, default=0),
+    "attempt_log": Field(attempt_log, default=[]),
     "route_reason": Field(text(256, optional=True), default=None),
     "region": Field(text(64, optional=True), default=None),
 }

@@ -26,6 +26,7 @@ from services.kernel.redact import Redactor
 from services.kernel.service import ServiceApp, build_app
 from services.kernel.settings import Settings
 from services.kernel.stream import RedisUsageStream, UsageStream
+from services.router.dialect import dialects
 from services.router.dispatch import Dispatcher
 from services.router.httpclient import NativeTransport
 from services.router.ingress import ModelCards, RouterApp, RouterState
@@ -151,6 +152,12 @@ def create_app(
             watch = asyncio.create_task(watch_helpers(clients, metrics), name="helper-probes")
             stack.push_async_callback(_cancel, watch)
 
+            dispatcher = Dispatcher(
+                sender, adapters(), metrics, redact, catalog=catalog, resilience=config.resilience
+            )
+            for deps in catalog.models.values():
+                for dep in deps:
+                    metrics.circuit(dep, "closed")
             admission = given.admission or Unlimited()
             cache = given.cache or NoCache()
             pipeline = Pipeline(
@@ -158,7 +165,7 @@ def create_app(
                 resolver=given.resolver or CatalogResolver(catalog),
                 admission=admission,
                 cache=cache,
-                dispatcher=Dispatcher(sender, adapters(), metrics, redact),
+                dispatcher=dispatcher,
                 relay=Relay(lifecycle, redact),
                 settler=Settler(
                     publisher,
@@ -173,6 +180,7 @@ def create_app(
                 redact=redact,
                 max_body_bytes=config.server.max_body_bytes,
                 cache_enabled=given.cache is not None,
+                dialects=dialects(),
             )
             owners = {name: deps[0].provider for name, deps in catalog.models.items()}
             owners |= {alias: owners[name] for alias, name in catalog.aliases.items()}
@@ -190,6 +198,9 @@ def create_app(
         routes += [
             Route(f"{prefix}/chat/completions", answered_by_ingress, methods=["POST"]),
             Route(f"{prefix}/embeddings", answered_by_ingress, methods=["POST"]),
+            Route(f"{prefix}/messages", answered_by_ingress, methods=["POST"]),
+            Route(f"{prefix}/messages/count_tokens", answered_by_ingress, methods=["POST"]),
+            Route(f"{prefix}/deployments/health", answered_by_ingress, methods=["GET"]),
             Route(f"{prefix}/models", answered_by_ingress, methods=["GET"]),
             Route(f"{prefix}/models/{{model:path}}", answered_by_ingress, methods=["GET"]),
         ]

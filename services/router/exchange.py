@@ -15,7 +15,7 @@ from services.kernel.config import Deployment
 from services.kernel.principal import Principal
 from services.router.providers.base import Usage
 
-Endpoint = Literal["chat.completions", "embeddings"]
+Endpoint = Literal["chat.completions", "embeddings", "messages", "messages.count_tokens"]
 
 
 @dataclasses.dataclass(slots=True)
@@ -55,6 +55,7 @@ class Exchange:
     route: Route | None = None
     reservation: Any = None  # the admit stage's handle, given back to it at settle
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
+    lease: Deployment | None = None  # the deployment answering, held until the call stage's `finish`
     # outcome
     status: int = 200
     error_code: str | None = None
@@ -71,6 +72,18 @@ class Exchange:
     def deployment(self) -> Deployment | None:
         """The deployment that answered (or was tried last)."""
         return self.attempts[-1].deployment if self.attempts else None
+
+    def attempt_log(self) -> list[dict[str, Any]]:
+        """The tries, oldest first: deployment, status (0 = never ended), error code, milliseconds."""
+        return [
+            {
+                "deployment": a.deployment.name,
+                "status": a.status,
+                "code": a.error_code,
+                "ms": round(a.seconds * 1000, 3),
+            }
+            for a in self.attempts
+        ]
 
     def fail(self, status: int, code: str | None) -> None:
         self.status, self.error_code = status, code

@@ -225,12 +225,11 @@ class _Connection(asyncio.Protocol):
 class _Stream:
     """A streaming answer: status and headers now, the body as it arrives."""
 
-    def __init__(self, client: NativeTransport, conn: _Connection, idle: float) -> None:
+    def __init__(self, client: NativeTransport, conn: _Connection) -> None:
         self.client = client
         self.conn = conn
-        self.idle = idle
         self.status = conn.status
-        self.headers = conn.response_headers()
+        self.headers: Mapping[str, str] = conn.response_headers()
         self._done = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -243,13 +242,7 @@ class _Stream:
                 if conn.complete:
                     self._finish()
                     return
-                timer = asyncio.get_running_loop().call_later(
-                    self.idle, NativeTransport._timed_out, conn, self.idle
-                )
-                try:
-                    await conn.wait()
-                finally:
-                    timer.cancel()
+                await conn.wait()  # the sender holds each wait to the idle and total timeouts
         except _Stale:
             raise ConnectionLost("the upstream closed the connection") from None
 
@@ -278,7 +271,13 @@ class _Stream:
 
 
 class NativeTransport:
-    """The provider transport: see the module docstring. Opened in the router's lifespan."""
+    """The provider transport: see the module docstring. Opened in the router's lifespan.
+
+    It holds plain answers to all their timeouts itself (`connect`, `first_byte`,
+    `total`: one timer at a time, no task); streams to `connect` and `first_byte`, the
+    `Sender` applying `idle` and `total` to their chunks."""
+
+    holds_timeouts = True
 
     def __init__(
         self,
@@ -407,15 +406,22 @@ class NativeTransport:
         """Send the request; return its connection once the status and headers are in
         (streaming) or the whole answer is (plain). Retries once on a stale connection."""
         origin, data = self._encode(request)
-        timeouts = request.timeouts
+        t = request.timeouts
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t.total
+        first, which = (t.first_byte, "first_byte") if t.first_byte < t.total else (t.total, "total")
         for attempt in (0, 1):
-            conn = await self._acquire(origin, timeouts.connect)
-            loop = asyncio.get_running_loop()
-            timer = loop.call_later(timeouts.read, self._timed_out, conn, timeouts.read)
+            conn = await self._acquire(origin, t.connect)
+            timer = loop.call_later(first, self._timed_out, conn, which, first)
             try:
                 conn.start(data, streaming=streaming)
-                while not (conn.headers_done if streaming else conn.complete):
+                while not conn.headers_done:
                     await conn.wait()
+                if not streaming and not conn.complete:
+                    timer.cancel()
+                    timer = loop.call_at(deadline, self._timed_out, conn, "total", t.total)
+                    while not conn.complete:
+                        await conn.wait()
             except _Stale:
                 self._discard(conn)
                 if attempt == 0:
@@ -430,8 +436,8 @@ class NativeTransport:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _timed_out(conn: _Connection, seconds: float) -> None:
-        conn._fail(ReadTimedOut(f"no answer within {seconds:g} s"))
+    def _timed_out(conn: _Connection, which: str, seconds: float) -> None:
+        conn._fail(ReadTimedOut(which, seconds))
         conn.close()
 
     async def send(self, request: HttpRequest) -> HttpResponse:
@@ -442,7 +448,7 @@ class NativeTransport:
         return HttpResponse(status, headers, body)
 
     async def open(self, request: HttpRequest) -> _Stream:
-        return _Stream(self, await self._exchange(request, streaming=True), request.timeouts.read)
+        return _Stream(self, await self._exchange(request, streaming=True))
 
     async def aclose(self) -> None:
         if self._sweeper is not None:

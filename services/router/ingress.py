@@ -15,7 +15,7 @@ from typing import Any, TypedDict, cast
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from services.kernel.errors import GatewayError, ServiceUnavailable
+from services.kernel.errors import Forbidden, GatewayError, ServiceUnavailable
 from services.kernel.ids import new_id
 from services.kernel.service import ServiceApp
 from services.router.pipeline import Pipeline, send_error, send_json
@@ -24,6 +24,7 @@ from services.router.routing import not_found
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _MODELS = ("/v1/models", "/models")
 _MODEL_PREFIXES = ("/v1/models/", "/models/")
+_HEALTH = ("/v1/deployments/health", "/deployments/health")
 
 
 class RouterState(TypedDict):
@@ -59,6 +60,15 @@ class ModelCards:
         await send_json(send, 200, orjson.dumps(body), [], request_id)
 
 
+async def deployments_health(pipeline: Pipeline, scope: Scope, send: Send, request_id: str) -> None:
+    """`GET /v1/deployments/health`: every deployment's circuit, load and capacity; admins only."""
+    principal = await pipeline.authenticator.authenticate(dict(scope["headers"]))
+    if principal.role != "admin":
+        raise Forbidden("Only an administrator may read the deployments' health.", code="admin_only")
+    body = {"object": "list", "data": pipeline.dispatcher.health()}
+    await send_json(send, 200, orjson.dumps(body), [], request_id)
+
+
 def request_id_of(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
@@ -77,6 +87,10 @@ class RouterApp(ServiceApp):
         "/chat/completions": "chat.completions",
         "/v1/embeddings": "embeddings",
         "/embeddings": "embeddings",
+        "/v1/messages": "messages",
+        "/messages": "messages",
+        "/v1/messages/count_tokens": "messages.count_tokens",
+        "/messages/count_tokens": "messages.count_tokens",
     }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -84,7 +98,7 @@ class RouterApp(ServiceApp):
             method, path = scope["method"], scope["path"]
             endpoint = self._POST.get(path) if method == "POST" else None
             if endpoint is not None or (
-                method == "GET" and (path in _MODELS or path.startswith(_MODEL_PREFIXES))
+                method == "GET" and (path in _MODELS or path in _HEALTH or path.startswith(_MODEL_PREFIXES))
             ):
                 await self._serve(endpoint, scope, receive, send)
                 return
@@ -102,6 +116,9 @@ class RouterApp(ServiceApp):
             await pipeline.handle(endpoint, scope, receive, send, request_id)  # type: ignore[arg-type]
             return
         try:
-            await typed["models"].serve(scope, send, request_id)
+            if scope["path"] in _HEALTH:
+                await deployments_health(pipeline, scope, send, request_id)
+            else:
+                await typed["models"].serve(scope, send, request_id)
         except GatewayError as exc:
             await send_error(send, exc, request_id, pipeline.redact)

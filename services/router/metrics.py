@@ -8,7 +8,7 @@ the page from 9 KB to 10 MB).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -22,6 +22,9 @@ NONE = "none"
 _STATUSES = frozenset(
     {200, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 431, 499, 500, 502, 503, 504}
 )
+
+
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 def status_label(status: int) -> str:
@@ -66,6 +69,25 @@ class RouterMetrics:
             ["service"],
             registry=registry,
         )
+        self.attempts = Counter(
+            "gateway_upstream_attempts_total",
+            "Tries of a deployment, by the status they ended with",
+            ["provider", "deployment", "status"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "gateway_upstream_retries_total",
+            "Tries of the same deployment again after a backoff",
+            ["provider", "deployment"],
+            registry=registry,
+        )
+        self.circuit_state = Gauge(
+            "gateway_deployment_circuit_state",
+            "Circuit breaker of each deployment: 0 closed, 1 half-open (probing), 2 open",
+            ["provider", "deployment"],
+            registry=registry,
+        )
+        self._attempt_children: dict[tuple[str, str], Any] = {}
 
     def record(self, ex: Exchange, latency: float, ttft: float | None) -> None:
         """Count one finished model request."""
@@ -81,6 +103,16 @@ class RouterMetrics:
             usage.prompt_tokens,
             usage.completion_tokens,
         )
+
+    def attempt(self, dep: Deployment, status: int) -> None:
+        key = (dep.name, status_label(status))
+        child = self._attempt_children.get(key)
+        if child is None:  # bounded: deployments come from the configuration
+            child = self._attempt_children[key] = self.attempts.labels(dep.provider, dep.name, key[1])
+        child.inc()
+
+    def circuit(self, dep: Deployment, state: str) -> None:
+        self.circuit_state.labels(dep.provider, dep.name).set(CIRCUIT_STATES[state])
 
     def upstream_error(self, dep: Deployment, code: str | None) -> None:
         self.upstream_errors.labels(dep.provider, dep.name, code or NONE).inc()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -22,12 +22,13 @@ from starlette.types import Receive, Scope, Send
 
 from services.kernel.errors import ClientClosed, GatewayError, PayloadTooLarge, ShuttingDown
 from services.kernel.redact import Redactor
-from services.router.dispatch import Dispatcher
+from services.router.dialect import OPENAI, Dialect
+from services.router.dispatch import Dispatcher, prompt_estimate
 from services.router.exchange import Endpoint, Exchange
 from services.router.metrics import RouterMetrics
 from services.router.providers.base import Usage
 from services.router.providers.openai import usage_of
-from services.router.relay import SSE_HEADERS, Relay, replay
+from services.router.relay import SSE_HEADERS, ClientWatch, Relay
 from services.router.settle import Settler
 from services.router.stages import Admission, Authenticator, Resolver, ResponseCache
 from services.router.validation import check_chat, check_embeddings, parse_object
@@ -74,11 +75,24 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, exc: GatewayError, request_id: str, redact: Callable[[str], str]) -> None:
-    body = exc.body()
-    body["error"]["message"] = redact(exc.message)  # type: ignore[index]
+async def send_error(
+    send: Send,
+    exc: GatewayError,
+    request_id: str,
+    redact: Callable[[str], str],
+    dialect: Dialect = OPENAI,
+    ex: Exchange | None = None,
+) -> None:
+    body = dialect.error(exc, redact(exc.message))
     headers = [(k.lower().encode(), v.encode("latin-1")) for k, v in exc.headers.items()]
-    await send_json(send, exc.status, orjson.dumps(body), headers, request_id)
+    if ex is not None and ex.attempts:
+        headers.append((b"x-gateway-attempts", attempts_header(ex).encode()))
+    await send_json(send, exc.status, body, headers, request_id)
+
+
+def attempts_header(ex: Exchange) -> str:
+    """`<deployment>;status=<s>;ms=<t>` per try, oldest first, comma-separated."""
+    return ", ".join(f"{a.deployment.name};status={a.status};ms={a.seconds * 1000:.1f}" for a in ex.attempts)
 
 
 class Pipeline:
@@ -98,6 +112,7 @@ class Pipeline:
         redact: Redactor,
         max_body_bytes: int,
         cache_enabled: bool = False,
+        dialects: Mapping[str, Dialect] | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.resolver = resolver
@@ -110,46 +125,55 @@ class Pipeline:
         self.redact = redact
         self.max_body_bytes = max_body_bytes
         self.cache_enabled = cache_enabled
+        self.dialects = dialects or {}
 
     async def handle(
         self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
-        ex = Exchange(request_id, endpoint, headers=dict(scope["headers"]))
+        dialect = self.dialects.get(endpoint, OPENAI)
+        ex = Exchange(request_id, endpoint, headers=dialect.headers(dict(scope["headers"])))
         self.metrics.stats.in_flight += 1
         try:
-            await self._run(ex, receive, send)
+            await self._run(ex, receive, send, dialect)
         except GatewayError as exc:
             ex.fail(exc.status, exc.code)
             if not ex.responded and exc.status != 499:
-                await send_error(send, exc, request_id, self.redact)
+                await send_error(send, exc, request_id, self.redact, dialect, ex)
         except asyncio.CancelledError:
             # The server stopped waiting for this request (shutdown past its timeout).
             # It ends here, recorded and, where possible, answered; nothing is left to cancel.
             err: GatewayError = ShuttingDown("The gateway is shutting down; retry the request.")
             ex.fail(err.status, err.code)
             if not ex.responded:
-                await send_error(send, err, request_id, self.redact)
+                await send_error(send, err, request_id, self.redact, dialect, ex)
         except Exception:
             log.exception("unexpected error in the request path", extra={"request_id": request_id})
             err = GatewayError("The gateway failed to handle the request; it has been logged.")
             ex.fail(err.status, err.code)
             if not ex.responded:
-                await send_error(send, err, request_id, self.redact)
+                await send_error(send, err, request_id, self.redact, dialect, ex)
         finally:
             self.metrics.stats.in_flight -= 1
+            self.dispatcher.finish(ex)
             self.settler.settle(ex)
 
-    async def _run(self, ex: Exchange, receive: Receive, send: Send) -> None:
+    async def _run(self, ex: Exchange, receive: Receive, send: Send, dialect: Dialect) -> None:
         ex.principal = await self.authenticator.authenticate(ex.headers)
-        body = parse_object(await read_body(receive, ex.headers, self.max_body_bytes))
+        body = dialect.request(parse_object(await read_body(receive, ex.headers, self.max_body_bytes)))
         model = body.get("model")
         ex.requested_model = model[:256] if isinstance(model, str) else ""
-        if ex.endpoint == "chat.completions":
-            name, ex.stream, ex.include_usage = check_chat(body)
-        else:
+        if ex.endpoint == "embeddings":
             name = check_embeddings(body)
+        else:
+            name, ex.stream, ex.include_usage = check_chat(body)
         ex.body = body
         ex.route = await self.resolver.resolve(ex, name)
+        if ex.endpoint == "messages.count_tokens":
+            # Counting is not a model call: nothing to admit, no tokens spent.
+            count = orjson.dumps({"input_tokens": prompt_estimate(ex)})
+            ex.responded = True
+            await send_json(send, 200, count, self._headers(ex), ex.request_id)
+            return
         ex.reservation = await self.admission.admit(ex)
         if ex.endpoint == "embeddings":
             _, completion = await self.dispatcher.embeddings(ex)
@@ -157,19 +181,27 @@ class Pipeline:
             await send_json(send, 200, completion.body, self._headers(ex), ex.request_id)
             ex.responded = True
             return
-        if self.cache_enabled and await self._answer_from_cache(ex, send):
+        if self.cache_enabled and await self._answer_from_cache(ex, send, dialect):
             return
         if ex.stream:
-            opened = await self.dispatcher.chat_stream(ex)
-            headers = [(b"x-request-id", ex.request_id.encode()), *self._headers(ex)]
-            await self.relay.run(ex, opened, headers, receive, send)
+            with ClientWatch(receive) as watch:
+                try:
+                    opened = await self.dispatcher.chat_stream(ex)
+                except asyncio.CancelledError:
+                    if watch.gone:  # gone before the first byte: the upstream call is closed
+                        # The provider has read the prompt by now; the answer was never relayed.
+                        ex.usage = Usage(prompt_estimate(ex), 0, estimated=True)
+                        raise watch.closed() from None
+                    raise
+                headers = [(b"x-request-id", ex.request_id.encode()), *self._headers(ex)]
+                await self.relay.run(ex, opened, headers, watch, send, dialect.stream(ex.include_usage))
             return
         _, completion = await self.dispatcher.chat(ex)
         ex.usage, ex.completion = completion.usage, completion.data
         ex.responded = True
-        await send_json(send, 200, completion.body, self._headers(ex), ex.request_id)
+        await send_json(send, 200, dialect.answer(completion), self._headers(ex), ex.request_id)
 
-    async def _answer_from_cache(self, ex: Exchange, send: Send) -> bool:
+    async def _answer_from_cache(self, ex: Exchange, send: Send, dialect: Dialect) -> bool:
         try:
             hit = await self.cache.lookup(ex)
         except Exception as exc:  # the cache is optional: a failing lookup is a miss
@@ -190,9 +222,11 @@ class Pipeline:
             start: Any = {"type": "http.response.start", "status": 200}
             start["headers"] = [*SSE_HEADERS, (b"x-request-id", ex.request_id.encode()), *headers]
             await send(start)
-            await send({"type": "http.response.body", "body": replay(hit.completion, ex.include_usage)})
+            await send(
+                {"type": "http.response.body", "body": dialect.replay(hit.completion, ex.include_usage)}
+            )
         else:
-            await send_json(send, 200, orjson.dumps(hit.completion), headers, ex.request_id)
+            await send_json(send, 200, dialect.cached(hit.completion), headers, ex.request_id)
         return True
 
     @staticmethod
@@ -206,4 +240,6 @@ class Pipeline:
                 out.append((b"x-route-reason", route.reason.encode()))
         if dep is not None:
             out.append((b"x-gateway-provider", dep.provider.encode()))
+        if ex.attempts:
+            out.append((b"x-gateway-attempts", attempts_header(ex).encode()))
         return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.types import Receive, Send
@@ -25,10 +25,13 @@ from services.kernel.redact import Redactor
 from services.kernel.wire import ChatCompletionChunk
 from services.router.dispatch import OpenStream, transport_error
 from services.router.exchange import Exchange
-from services.router.providers.base import Usage
+from services.router.providers.base import StreamDecoder, Usage
 from services.router.providers.sse import DONE
 from services.router.providers.tokens import count_messages, count_text
 from services.router.sender import TransportError
+
+if TYPE_CHECKING:
+    from services.router.dialect import StreamWriter
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -141,15 +144,59 @@ class ChatAssembler:
         return total
 
 
-def error_event(err: GatewayError) -> bytes:
-    return b"data: " + orjson.dumps(err.body()) + b"\n\n"
-
-
 def estimate(ex: Exchange, assembler: ChatAssembler) -> Usage:
     """Usage counted by the gateway: the prompt it forwarded, the completion it relayed."""
     messages = ex.body.get("messages")
     prompt = count_messages(messages) if isinstance(messages, list) else 0
     return Usage(prompt, assembler.completion_tokens(), estimated=True)
+
+
+def _ended(decoder: StreamDecoder) -> bool:
+    """The stream reported an error or its end (a call: the decoder changes as it is fed)."""
+    return decoder.error is not None or decoder.done
+
+
+class ClientWatch:
+    """Notices a client that goes away while its stream is being prepared or relayed.
+
+    uvicorn's `send()` returns silently once the client is gone; only `receive()` says
+    so. A task waits on it for the whole streaming request (from the call that opens
+    the upstream stream, which reads ahead until the first text, to the last chunk)
+    and cancels the request's task when the client disconnects, so the upstream call
+    is closed at once instead of generating for nobody.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.gone = False
+        self.done = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> ClientWatch:
+        task = asyncio.current_task()
+        assert task is not None
+
+        async def watch() -> None:
+            while (await self.receive())["type"] != "http.disconnect":
+                pass
+            if not self.done:
+                self.gone = True
+                task.cancel()
+
+        self._watcher = asyncio.get_running_loop().create_task(watch())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    def closed(self) -> ClientClosed:
+        """The error to raise after catching the cancellation `gone` caused."""
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return ClientClosed("the client closed the connection during the stream")
 
 
 class Relay:
@@ -164,22 +211,12 @@ class Relay:
         ex: Exchange,
         opened: OpenStream,
         headers: list[tuple[bytes, bytes]],
-        receive: Receive,
+        watch: ClientWatch,
         send: Send,
+        writer: StreamWriter,
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        state = {"done": False, "gone": False}
-
-        async def watch() -> None:
-            # uvicorn's send() returns silently once the client is gone; receive() says so.
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not state["done"]:
-                state["gone"] = True
-                task.cancel()
-
-        watcher = asyncio.get_running_loop().create_task(watch())
         assembler = ChatAssembler()
         decoder = opened.decoder
         try:
@@ -187,46 +224,49 @@ class Relay:
                 ex.responded = True
                 await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + headers})
                 try:
-                    await self._pump(ex, opened, assembler, send)
+                    await self._pump(ex, opened, assembler, send, writer)
                 except asyncio.CancelledError:
-                    if state["gone"]:
-                        task.uncancel()
-                        raise ClientClosed("the client closed the connection during the stream") from None
+                    if watch.gone:
+                        raise watch.closed() from None
                     if self.lifecycle.interrupted(task):
                         task.uncancel()
                         err: GatewayError = ShuttingDown(
                             "The gateway is shutting down and interrupted this stream; retry the request."
                         )
                         ex.fail(err.status, err.code)
-                        await send({"type": "http.response.body", "body": error_event(err) + DONE})
+                        await send({"type": "http.response.body", "body": writer.error(err) + writer.end()})
                         return
                     raise
-                state["done"] = True
+                watch.done = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            state["done"] = True
-            watcher.cancel()
+            watch.done = True
             ex.usage = decoder.usage or estimate(ex, assembler)
             if ex.status == 200 and decoder.done:
                 ex.completion = assembler.completion(ex.usage)
             with contextlib.suppress(Exception):
                 await opened.response.aclose()
 
-    async def _pump(self, ex: Exchange, opened: OpenStream, assembler: ChatAssembler, send: Send) -> None:
+    async def _pump(
+        self, ex: Exchange, opened: OpenStream, assembler: ChatAssembler, send: Send, writer: StreamWriter
+    ) -> None:
         decoder = opened.decoder
-        include_usage = ex.include_usage
         err: GatewayError | None = None
         try:
-            async for data in opened.response.chunks():
-                out = self._frames(ex, decoder.feed(data), assembler, include_usage)
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-                if decoder.error is not None or decoder.done:
-                    break
-            else:
-                out = self._frames(ex, decoder.finish(), assembler, include_usage)
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            out = self._frames(ex, opened.ready, assembler, writer)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+            if decoder.error is None and not decoder.done:
+                async for data in opened.pieces:
+                    out = self._frames(ex, decoder.feed(data), assembler, writer)
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                    if _ended(decoder):
+                        break
+                else:
+                    out = self._frames(ex, decoder.finish(), assembler, writer)
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
         except TransportError as exc:
             err = transport_error(opened.deployment, exc)
         if err is None and decoder.error is not None:
@@ -236,25 +276,23 @@ class Relay:
         if err is not None:
             err.message = self.redact(err.message)
             ex.fail(err.status, err.code)
-            await send({"type": "http.response.body", "body": error_event(err), "more_body": True})
-        await send({"type": "http.response.body", "body": DONE, "more_body": True})
+            await send({"type": "http.response.body", "body": writer.error(err), "more_body": True})
+        if err is None:
+            # The writer's end may carry the final usage (Anthropic's message_delta).
+            ex.usage = decoder.usage or estimate(ex, assembler)
+        await send({"type": "http.response.body", "body": writer.end(), "more_body": True})
 
     @staticmethod
     def _frames(
-        ex: Exchange, chunks: list[ChatCompletionChunk], assembler: ChatAssembler, include_usage: bool
+        ex: Exchange, chunks: list[ChatCompletionChunk], assembler: ChatAssembler, writer: StreamWriter
     ) -> bytes:
-        out = []
+        if not chunks:
+            return b""
         for chunk in chunks:
             assembler.add(chunk)
-            if ex.first_byte_at is None and chunk.get("choices"):
-                ex.first_byte_at = time.perf_counter()
-            if not include_usage and "usage" in chunk:
-                # The gateway asked for usage; the client did not: OpenAI then sends no usage key.
-                if not chunk.get("choices"):
-                    continue
-                del chunk["usage"]
-            out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        return b"".join(out)
+        if ex.first_byte_at is None and any(chunk.get("choices") for chunk in chunks):
+            ex.first_byte_at = time.perf_counter()
+        return writer.chunks(chunks)
 
 
 def replay(completion: dict[str, Any], include_usage: bool) -> bytes:

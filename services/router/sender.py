@@ -5,12 +5,15 @@ Adapters build an `HttpRequest`; the `Sender` performs it and hands back an
 small exception tree. Redirects are never followed: a provider URL that answers
 3xx must not get the request body, credentials included, sent to another host.
 
-The network transport uses aiohttp: on this project's benchmark (bench/clients.py)
-httpx's connection pool cost ~0.9 ms per request on one connection and collapsed to
-~480 requests/s at 64 connections, where aiohttp ran 5-7k/s on the same core.
-Service-to-service calls keep httpx (its ASGITransport runs embedded services
-in-process). URLs with the `mock://` scheme go to the built-in mock provider,
-which answers in-process in OpenAI's wire format.
+The network transport is `httpclient.NativeTransport` (why not aiohttp or httpx:
+see that module and bench/clients.py). Service-to-service calls keep httpx (its
+ASGITransport runs embedded services in-process). URLs with the `mock://` scheme go
+to the built-in mock provider, which answers in-process in OpenAI's wire format.
+
+Timeouts (per deployment, `Timeouts`): `connect` (the transport's), `first_byte` (the
+status and headers), `total` (the whole answer, a stream included) and `idle` (the
+longest silence inside a stream). All but `connect` are applied here with
+`asyncio.timeout`, so the in-process mock is held to them too.
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
-
-import aiohttp
 
 from services.router.providers.base import HttpRequest, HttpResponse, Timeouts
 
@@ -37,7 +38,12 @@ class ConnectTimedOut(TransportError):
 
 
 class ReadTimedOut(TransportError):
-    pass
+    """A timeout after the connection was made; `which` says which one."""
+
+    def __init__(self, which: str, seconds: float) -> None:
+        super().__init__(f"{which} timeout of {seconds:g} s")
+        self.which = which  # "first_byte", "total" or "idle"
+        self.seconds = seconds
 
 
 class ConnectionLost(TransportError):
@@ -47,10 +53,8 @@ class ConnectionLost(TransportError):
 class UpstreamStream(Protocol):
     """An answer whose body is read as it arrives."""
 
-    @property
-    def status(self) -> int: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
+    status: int
+    headers: Mapping[str, str]
 
     def chunks(self) -> AsyncIterator[bytes]: ...
     async def read(self, limit: int = ...) -> bytes: ...
@@ -62,106 +66,50 @@ class Transport(Protocol):
     async def open(self, request: HttpRequest) -> UpstreamStream: ...
 
 
-def _translate(exc: BaseException) -> TransportError:
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return ConnectTimedOut(str(exc))
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return ReadTimedOut(str(exc))
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return ConnectFailed(type(exc).__name__)
-    return ConnectionLost(type(exc).__name__)
-
-
 ERROR_BODY_LIMIT = 64 * 1024  # enough for any real error message; the rest is dropped
 
 
-class _AiohttpStream:
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response = response
-        self.status = response.status
-        self.headers = response.headers  # case-insensitive
+class TimedStream:
+    """A stream held to its total deadline and its idle timeout, whatever the transport."""
+
+    def __init__(self, inner: UpstreamStream, timeouts: Timeouts, deadline: float) -> None:
+        self.inner = inner
+        self.status = inner.status
+        self.headers = inner.headers
+        self.timeouts = timeouts
+        self.deadline = deadline
+
+    def _limit(self) -> tuple[float, str, float]:
+        left = self.deadline - asyncio.get_running_loop().time()
+        t = self.timeouts
+        return (left, "total", t.total) if left < t.idle else (t.idle, "idle", t.idle)
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        pieces = self.inner.chunks()
         try:
-            async for chunk in self.response.content.iter_any():
+            while True:
+                wait, which, seconds = self._limit()
+                try:
+                    async with asyncio.timeout(max(wait, 0)):
+                        chunk = await anext(pieces)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise ReadTimedOut(which, seconds) from None
                 yield chunk
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _translate(exc) from None
+        finally:
+            await pieces.aclose()  # type: ignore[attr-defined]
 
     async def read(self, limit: int = ERROR_BODY_LIMIT) -> bytes:
+        wait, which, seconds = self._limit()
         try:
-            return await self.response.content.read(limit)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _translate(exc) from None
+            async with asyncio.timeout(max(wait, 0)):
+                return await self.inner.read(limit)
+        except TimeoutError:
+            raise ReadTimedOut(which, seconds) from None
 
     async def aclose(self) -> None:
-        self.response.release()
-        self.response.close()
-
-
-class AiohttpTransport:
-    """Keep-alive connection pool, opened once in the router's lifespan."""
-
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self.session = session
-        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
-
-    def _timeout(self, t: Timeouts) -> aiohttp.ClientTimeout:
-        timeout = self._timeouts.get(t)
-        if timeout is None:
-            timeout = self._timeouts[t] = aiohttp.ClientTimeout(
-                total=None, sock_connect=t.connect, sock_read=t.read
-            )
-        return timeout
-
-    @classmethod
-    def create(cls, *, max_connections: int = 4096) -> AiohttpTransport:
-        connector = aiohttp.TCPConnector(
-            limit=max_connections, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
-        )
-        return cls(
-            aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=True,
-                skip_auto_headers=("User-Agent",),
-                headers={"user-agent": "llm-gateway"},
-            )
-        )
-
-    async def send(self, request: HttpRequest) -> HttpResponse:
-        timeout = self._timeout(request.timeouts)
-        try:
-            async with self.session.request(
-                request.method,
-                request.url,
-                data=request.body,
-                headers=request.headers,
-                timeout=timeout,
-                allow_redirects=False,
-            ) as response:
-                body = await response.read()
-                return HttpResponse(response.status, response.headers, body)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _translate(exc) from None
-
-    async def open(self, request: HttpRequest) -> UpstreamStream:
-        t = request.timeouts
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.read)
-        try:
-            response = await self.session.request(
-                request.method,
-                request.url,
-                data=request.body,
-                headers=request.headers,
-                timeout=timeout,
-                allow_redirects=False,
-            )
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _translate(exc) from None
-        return _AiohttpStream(response)
-
-    async def aclose(self) -> None:
-        await self.session.close()
+        await self.inner.aclose()
 
 
 class Sender:
@@ -175,7 +123,26 @@ class Sender:
         return self.mock if url.startswith("mock://") else self.network
 
     async def send(self, request: HttpRequest) -> HttpResponse:
-        return await self._transport(request.url).send(request)
+        """The whole answer within `total` and its headers within `first_byte`."""
+        transport = self._transport(request.url)
+        if getattr(transport, "holds_timeouts", False):
+            return await transport.send(request)  # with timers of its own, cheaper than a scope
+        try:
+            async with asyncio.timeout(request.timeouts.total):
+                return await transport.send(request)
+        except TimeoutError:
+            raise ReadTimedOut("total", request.timeouts.total) from None
 
-    async def open(self, request: HttpRequest) -> UpstreamStream:
-        return await self._transport(request.url).open(request)
+    async def open(self, request: HttpRequest) -> TimedStream:
+        """A streaming answer: headers within `first_byte`; then no silence longer than
+        `idle`, and the end within `total` of the start."""
+        t = request.timeouts
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t.total
+        try:
+            async with asyncio.timeout(min(t.first_byte, t.total)):
+                opened = await self._transport(request.url).open(request)
+        except TimeoutError:
+            which = "first_byte" if t.first_byte <= t.total else "total"
+            raise ReadTimedOut(which, min(t.first_byte, t.total)) from None
+        return TimedStream(opened, t, deadline)

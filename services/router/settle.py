@@ -126,6 +126,7 @@ class Settler:
             "cache": ex.cache,
             "deployment": dep.name if dep is not None else "",
             "attempts": len(ex.attempts),
+            "attempt_log": ex.attempt_log(),
             "route_reason": ex.route.reason or None if ex.route is not None else None,
             "region": ex.region,
         }

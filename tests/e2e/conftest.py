@@ -54,6 +54,7 @@ UPSTREAM_MODELS = {
     "up-echo-500": "echo-key-500",
     "up-redirect": "redirect",
     "up-error-event": "error-event",
+    "up-error-event-gated": "error-event-gated",
 }
 
 

@@ -65,12 +65,23 @@ async def test_a_complete_stream_with_provider_usage_is_exact(http):
     assert event["prompt_tokens"] == prompt_tokens(user(name))
 
 
-async def test_an_error_event_inside_a_stream_is_recorded_as_an_upstream_error(http):
+async def test_an_error_event_after_the_first_chunk_is_relayed_in_band_and_recorded(http, upstream):
     name = marker()
-    body = {"model": "up-error-event", "messages": user(name), "stream": True}
-    response = await http.post("/v1/chat/completions", json=body, headers={"x-request-id": name})
-    assert response.status_code == 200  # the headers were sent before the error
-    events = sse_data(response.text)
+    gate = upstream.gate(name)
+    body = {"model": "up-error-event-gated", "messages": user(name), "stream": True}
+    lines: list[str] = []
+    try:
+        async with http.stream(
+            "POST", "/v1/chat/completions", json=body, headers={"x-request-id": name}
+        ) as res:
+            assert res.status_code == 200  # the headers were sent before the error
+            async for line in res.aiter_lines():
+                lines.append(line)
+                if '"content":"' in line and '"content":""' not in line:
+                    gate.set()
+    finally:
+        gate.set()
+    events = sse_data("\n".join(lines))
     assert events[-1] == "[DONE]"
     assert events[-2]["error"]["code"] == "upstream_error"
     assert "overloaded" in events[-2]["error"]["message"]

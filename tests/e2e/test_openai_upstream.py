@@ -244,7 +244,12 @@ async def test_failed_deployment_falls_over_to_the_next(http, upstream):
     failed = metric_value(after, "gateway_upstream_errors_total", **labels) - metric_value(
         before, "gateway_upstream_errors_total", **labels
     )
-    assert failed == 1  # the closed deployment was tried first, and failed once
+    # The closed deployment was tried first, then again twice (its default `retries: 2`).
+    assert failed == 3
+    tries = [t.split(";") for t in response.headers["x-gateway-attempts"].split(", ")]
+    assert [(t[0], t[1]) for t in tries] == [("up-fallback/0", "status=502")] * 3 + [
+        ("up-fallback/1", "status=200")
+    ]
 
 
 async def test_streaming_falls_over_too(http, upstream):

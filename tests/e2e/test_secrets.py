@@ -28,9 +28,19 @@ async def test_an_echoed_provider_key_is_redacted_from_the_answer_and_the_log(
     assert UPSTREAM_KEY not in gateway.log_text()
 
 
-async def test_nothing_secret_in_an_in_band_stream_error(http):
+async def test_nothing_secret_in_an_in_band_stream_error(http, upstream):
     name = f"echo-{uuid.uuid4().hex}"
-    body = {"model": "up-error-event", "messages": user(name), "stream": True}
-    response = await http.post("/v1/chat/completions", json=body)
-    assert UPSTREAM_KEY not in response.text
-    assert sse_data(response.text)[-1] == "[DONE]"
+    gate = upstream.gate(name)
+    body = {"model": "up-error-event-gated", "messages": user(name), "stream": True}
+    lines: list[str] = []
+    try:
+        async with http.stream("POST", "/v1/chat/completions", json=body) as res:
+            async for line in res.aiter_lines():
+                lines.append(line)
+                if '"content":"' in line and '"content":""' not in line:
+                    gate.set()  # the error comes after the first chunk reached the client
+    finally:
+        gate.set()
+    text = "\n".join(lines)
+    assert UPSTREAM_KEY not in text
+    assert sse_data(text)[-1] == "[DONE]"

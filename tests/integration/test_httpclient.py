@@ -79,7 +79,7 @@ def request(
         url=f"{scheme}://127.0.0.1:{port}/v1/chat/completions",
         headers=headers or {"content-type": "application/json", "authorization": "Bearer k"},
         body=b'{"model": "m"}',
-        timeouts=Timeouts(connect=2.0, read=read),
+        timeouts=Timeouts(connect=2.0, first_byte=read, total=read * 2, idle=read),
     )
 
 
@@ -305,7 +305,7 @@ async def test_a_full_pool_makes_callers_wait_and_then_time_out():
                 url=f"http://127.0.0.1:{server.port}/",
                 headers={},
                 body=b"",
-                timeouts=Timeouts(connect=0.2, read=1),
+                timeouts=Timeouts(connect=0.2, first_byte=1, total=1, idle=1),
             )
             with pytest.raises(ConnectTimedOut, match="no free connection"):
                 await client.send(quick)

@@ -89,7 +89,10 @@ async def test_the_publisher_outlives_a_refusing_disk_and_delivers_when_redis_re
             return {orjson.loads(line)["request_id"] for line in lines} == expected
 
         await wait_for(delivered, what="the held events to reach the stream")
-        assert sample(registry, "gateway_usage_events_buffered") == 0
+        # The gauge is set after the write returns, which may be a moment after the events land.
+        await wait_for(
+            lambda: sample(registry, "gateway_usage_events_buffered") == 0, what="the buffer gauge to read 0"
+        )
         assert sample(registry, "gateway_usage_events_total", outcome="dropped") == 0
 
         # Shutdown as the router does it: cancel the task, then the final flush.

@@ -59,7 +59,8 @@ def test_chat_request_passes_the_body_through_with_the_upstream_model_and_key():
     assert request.url == "https://upstream.test/v1/chat/completions"
     assert request.headers["authorization"] == "Bearer sk-provider-secret"
     assert orjson.loads(request.body) == {**body, "model": "gpt-4o-mini-2024-07-18"}
-    assert (request.timeouts.connect, request.timeouts.read) == (5.0, 120.0)
+    t = request.timeouts
+    assert (t.connect, t.first_byte, t.total, t.idle) == (5.0, 60.0, 600.0, 60.0)
 
 
 def test_stream_request_always_asks_for_usage():

@@ -29,8 +29,17 @@ class Usage:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Timeouts:
-    connect: float
-    read: float  # whole answer (plain) or the longest gap between two chunks (streaming)
+    """How long the sender waits, in seconds (see `sender.py`)."""
+
+    connect: float  # the TCP (and TLS) connection
+    first_byte: float  # from sending the request to the answer's status and headers
+    total: float  # the whole answer, a stream included
+    idle: float  # the longest silence between two pieces of a stream
+
+    @classmethod
+    def of(cls, dep: Deployment) -> Timeouts:
+        c = dep.config
+        return cls(c.connect_timeout_s, c.first_byte_timeout_s, c.timeout_s, c.stream_idle_timeout_s)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

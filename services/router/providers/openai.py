@@ -8,6 +8,7 @@ recorded; the relay drops the usage chunk again if the client did not ask for it
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -64,6 +65,15 @@ def summarise_body(response: HttpResponse) -> str:
     return f"a {kind} body of {len(response.body)} bytes"
 
 
+# How providers say a prompt is too long when they have no error code for it (Anthropic,
+# Gemini, Bedrock, Cohere, vLLM, ...).
+_CONTEXT = re.compile(
+    r"context.length|context.window|prompt is too long|input is too long|too many (input )?tokens"
+    r"|maximum (context|number of tokens)|exceeds the maximum|input token count",
+    re.IGNORECASE,
+)
+
+
 def _error_field(response: HttpResponse, name: str) -> str | None:
     """A short string field of the provider's `error` object (`code`, `param`), if any."""
     try:
@@ -96,11 +106,12 @@ def map_error(dep: Deployment, response: HttpResponse) -> GatewayError:
         )
         err.retryable = True
         return err
-    if status in (400, 404, 409, 413, 422):
+    if status in (400, 404, 413, 422):
         code = _error_field(response, "code")
+        too_long = code == "context_length_exceeded" or bool(_CONTEXT.search(message))
         err = InvalidRequest(
             f"upstream rejected the request: {message}",
-            code="context_length_exceeded" if code == "context_length_exceeded" else None,
+            code="context_length_exceeded" if too_long else None,
             param=_error_field(response, "param"),
         )
         err.status = 413 if status == 413 else 400
@@ -112,7 +123,7 @@ def map_error(dep: Deployment, response: HttpResponse) -> GatewayError:
         err.retryable = True
         return err
     err = UpstreamError(f"upstream returned HTTP {status} for {where}: {message}")
-    err.retryable = status >= 500 or status == 408
+    err.retryable = status >= 500 or status in (408, 409)
     return err
 
 
@@ -188,7 +199,7 @@ class OpenAIAdapter:
             url=self._url(dep, path),
             headers=self._headers(dep),
             body=orjson.dumps(payload),
-            timeouts=Timeouts(connect=dep.config.connect_timeout_s, read=dep.config.timeout_s),
+            timeouts=Timeouts.of(dep),
         )
 
     def chat_request(self, dep: Deployment, body: ChatCompletionRequest, *, stream: bool) -> HttpRequest:
