@@ -293,6 +293,12 @@ class Deployment:
     index: int  # position among the model's deployments, a stable id for metrics and logs
     config: AnyDeployment
     secrets: Mapping[str, str] = dataclasses.field(repr=False)
+    # `<public model>/<index>`: names the deployment without its URL or secrets. Derived
+    # once here because the request path reads it several times per request.
+    name: str = dataclasses.field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", f"{self.public_model}/{self.index}")
 
     @property
     def provider(self) -> str:
@@ -301,11 +307,6 @@ class Deployment:
     @property
     def model(self) -> str:
         return self.config.model
-
-    @property
-    def name(self) -> str:
-        """`<public model>/<index>`: names the deployment without its URL or secrets."""
-        return f"{self.public_model}/{self.index}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -48,7 +48,14 @@ from services.kernel.wire import ChatCompletionChunk
 from services.router.breaker import Breakers, State
 from services.router.exchange import Attempt, Exchange, Route
 from services.router.metrics import RouterMetrics
-from services.router.providers.base import Adapter, Completion, HttpRequest, HttpResponse, StreamDecoder
+from services.router.providers.base import (
+    Adapter,
+    Completion,
+    HttpRequest,
+    HttpResponse,
+    StreamDecoder,
+    Timeouts,
+)
 from services.router.providers.params import finish_embeddings
 from services.router.providers.tokens import count_messages, count_text
 from services.router.routing import Balancer
@@ -201,6 +208,11 @@ class Dispatcher:
         self.breakers = breakers or Breakers(on_change=self._circuit_changed)
         self.rng = rng or random.Random()
         self.sleep = sleep
+        # Counting a prompt's tokens walks every message with a regex: only when a token
+        # capacity (tpm) or a context window makes the count matter.
+        self.counts_tokens = any(
+            d.config.tpm is not None for deps in self.catalog.models.values() for d in deps
+        ) or any(c.context_window is not None for c in self.catalog.configs.values())
 
     def _circuit_changed(self, dep: Deployment, state: State) -> None:
         self.metrics.circuit(dep, state)
@@ -263,7 +275,7 @@ class Dispatcher:
             ex,
             once,
             deadline=loop.time() + self.resilience.deadline_s - (time.perf_counter() - ex.started),
-            tokens=prompt_estimate(ex),
+            tokens=prompt_estimate(ex) if self.counts_tokens else 0,
             first_model=ex.route.model,
         )
         queue = collections.deque(self._chain(ex, fallbacks, run.tokens))
@@ -434,11 +446,11 @@ class Dispatcher:
     def _bounded(request: HttpRequest, deadline: float) -> HttpRequest:
         left = deadline - asyncio.get_running_loop().time()
         t = request.timeouts
-        if left >= t.total:
+        if left + 1.0 >= t.total:  # within a second of the deployment's own bound: keep it
             return request
         left = max(left, 0.001)
-        timeouts = dataclasses.replace(t, total=left, first_byte=min(t.first_byte, left))
-        return dataclasses.replace(request, timeouts=timeouts)
+        timeouts = Timeouts(t.connect, min(t.first_byte, left), left, t.idle)
+        return HttpRequest(request.url, request.headers, request.body, timeouts, request.method)
 
     async def chat(self, ex: Exchange) -> tuple[Deployment, Completion]:
         async def once(dep: Deployment, adapter: Adapter, deadline: float) -> tuple[Any, float]:
