@@ -62,7 +62,8 @@ def _prepare_embedded_storage(settings: Settings) -> None:
     asyncio.run(migrate())
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
+    """The command line of `python -m services` (the deployment files are checked against it)."""
     parser = argparse.ArgumentParser(prog="python -m services", description=__doc__)
     parser.add_argument("service", choices=sorted(SERVICES))
     parser.add_argument("--host", default="127.0.0.1")
@@ -74,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         "--metrics-port", type=int, help="serve /metrics on this port (overrides server.metrics_port)"
     )
     parser.add_argument("--worker-fds", type=_worker_fds, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments().parse_args(argv)
     module_name, default_port = SERVICES[args.service]
     try:
         settings = Settings.from_env()

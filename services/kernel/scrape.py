@@ -25,6 +25,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.kernel.errors import GatewayError, MethodNotAllowed, NotFound, Unauthorized
 from services.kernel.service import ServiceApp
 
+METRICS_PATH = "/metrics"
+
 
 class MetricsPage:
     """Renders one process's page in a thread, one render at a time: a large page holds
@@ -100,7 +102,7 @@ def metrics_only(endpoint: MetricsEndpoint) -> ASGIApp:
     missing = MetricsEndpoint(None)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/metrics":
+        if scope["type"] == "http" and scope["path"] == METRICS_PATH:
             await endpoint(scope, receive, send)
         else:
             await missing(scope, receive, send)
@@ -110,10 +112,10 @@ def metrics_only(endpoint: MetricsEndpoint) -> ASGIApp:
 
 def metrics_paths(app: ServiceApp) -> frozenset[str]:
     """`/metrics` and the metrics route of every service app mounted in `app`."""
-    paths = {"/metrics"}
+    paths = {METRICS_PATH}
     for route in app.routes:
         if isinstance(route, Mount) and isinstance(route.app, ServiceApp):
-            paths.add(route.path.rstrip("/") + "/metrics")
+            paths.add(route.path.rstrip("/") + METRICS_PATH)
     return frozenset(paths)
 
 
