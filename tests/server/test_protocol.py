@@ -1,13 +1,18 @@
 """Bounded clients, on real sockets against the real server: header size and time, body
 time, idle connections, the connection cap; the parser's smuggling defences stay."""
 
+import asyncio
 import threading
 import time
 
 import pytest
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from services.kernel.config import ServerConfig
 from services.kernel.server import raise_open_file_limit
+from services.kernel.service import ServiceApp
 from tests.server.harness import (
     RecordingEndpoint,
     assert_openai_error,
@@ -237,3 +242,54 @@ def test_many_slow_clients_do_not_stop_the_others():
         finally:
             for sock in slow:
                 sock.close()
+
+
+def early_answer_app() -> ServiceApp:
+    """POST /early answers at once, before reading the body (as a 413 on Content-Length does)."""
+
+    async def early(request: Request) -> Response:
+        return PlainTextResponse("early")
+
+    return small_app(extra_routes=[Route("/early", early, methods=["POST"])])
+
+
+def test_after_an_early_answer_the_rest_of_the_body_is_read_and_the_connection_reused():
+    config = ServerConfig(body_timeout_s=0.3, idle_timeout_s=60)
+    with serving(early_answer_app(), config) as running, connect(running.port) as sock:
+        sock.sendall(b"POST /early HTTP/1.1\r\nHost: test\r\nContent-Length: 20\r\n\r\n0123456789")
+        assert b"early" in sock.recv(65536)
+        sock.sendall(b"0123456789")  # the rest of the body, after the answer
+        time.sleep(0.6)  # longer than the body deadline: it must not fire on an idle connection
+        sock.sendall(GET_HELLO)
+        assert parse_response(sock.recv(65536)).status == 200
+        assert running.server.guard.body_timeouts == 0
+
+
+def test_an_early_answer_does_not_keep_a_body_coming_forever():
+    config = ServerConfig(body_timeout_s=0.3, idle_timeout_s=60)
+    with serving(early_answer_app(), config) as running, connect(running.port) as sock:
+        sock.sendall(b"POST /early HTTP/1.1\r\nHost: test\r\nContent-Length: 1000000\r\n\r\n0123456789")
+        answered = read_until_closed(sock)  # the body never completes: closed at its deadline
+        assert parse_response(answered).status == 200
+        assert running.server.guard.body_timeouts == 1
+
+
+def test_a_pipelined_request_with_huge_headers_closes_the_connection_after_the_answer_under_way():
+    release = threading.Event()
+
+    async def held(request: Request) -> Response:
+        await asyncio.to_thread(release.wait, 30)
+        return PlainTextResponse("held")
+
+    app = small_app(extra_routes=[Route("/held", held)])
+    with serving(app, ServerConfig(max_header_bytes=4096)) as running, connect(running.port) as sock:
+        try:
+            sock.sendall(b"GET /held HTTP/1.1\r\nHost: test\r\n\r\n")
+            wait_for(lambda: running.server.server_state.tasks, "the first request to be under way")
+            sock.sendall(b"GET /hello HTTP/1.1\r\nX-Big: " + b"a" * 10_000)
+            wait_for(lambda: running.server.guard.header_too_large == 1, "the oversized pipelined headers")
+        finally:
+            release.set()
+        received = read_until_closed(sock)
+        assert received.startswith(b"HTTP/1.1 200 ")
+        assert received.endswith(b"held")  # the answer under way ends whole, nothing after it
