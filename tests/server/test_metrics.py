@@ -1,6 +1,7 @@
 """Where /metrics is served, who may read it, and that rendering it leaves the event loop free."""
 
 import contextlib
+import gc
 import threading
 from collections.abc import AsyncIterator
 
@@ -72,9 +73,11 @@ class Blocking(Collector):
         self.entered = threading.Event()
         self.release = threading.Event()
         self.thread: int | None = None
+        self.gc_enabled: bool | None = None
 
     def collect(self):
         self.thread = threading.get_ident()
+        self.gc_enabled = gc.isenabled()
         self.entered.set()
         assert self.release.wait(timeout=60)
         yield GaugeMetricFamily("test_blocking", "A slow page", 1)
@@ -113,3 +116,6 @@ def test_rendering_the_page_does_not_hold_the_event_loop(on_metrics_port):
             scraper.join(timeout=60)
         assert scrape_status == [200]
         assert blocking.thread != loop_thread[0]
+        # Full collections stop every thread: none is set off while the page is built.
+        assert blocking.gc_enabled is False
+        assert gc.isenabled()
