@@ -225,8 +225,15 @@ class Supervisor:
             loop.add_signal_handler(sig, self.stopping.set)
         for worker in self.workers:
             await self._start(worker)
-        ready = await asyncio.gather(*(self._wait_ready(w) for w in self.workers))
-        if not all(ready):
+        starting = asyncio.ensure_future(asyncio.gather(*(self._wait_ready(w) for w in self.workers)))
+        stop = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.done():  # a signal while the workers were starting
+            starting.cancel()
+            await self._stop_workers()
+            return 0
+        stop.cancel()
+        if not all(starting.result()):
             log.error("workers did not start; stopping")
             await self._stop_workers()
             return 1

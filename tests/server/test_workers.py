@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import MASTER_KEY
-from tests.server.processes import Process, environment, running
+from tests.server.processes import Process, environment, free_port, running
 
 CONFIG = """
 usage: {flush_interval_ms: 10}
@@ -64,12 +64,27 @@ def wait_for_rows(gateway: Process, prefix: str, n: int) -> int:
     return count
 
 
+def all_workers_ready(gateway: Process, n: int = 2) -> None:
+    """The public port answers once one worker is up; the metrics port once all are."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        try:
+            page = httpx.get(gateway.metrics_url, timeout=30).text
+            if metric_sum(page, "gateway_server_workers") == n:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, gateway.log_text()
+        time.sleep(0.05)
+
+
 def chat_requests(text: str) -> float:
     return metric_sum(text, "gateway_requests_total", endpoint="chat.completions")
 
 
 def test_two_workers_serve_one_port_and_count_every_request_once(tmp_path):
     with running(tmp_path, CONFIG, "--workers", "2", metrics_port=True) as gateway:
+        all_workers_ready(gateway)
         assert len(gateway.children()) == 2
         # Each worker makes its own ids: two prefixes show up among generated request ids.
         prefixes = set()
@@ -98,6 +113,7 @@ def test_two_workers_serve_one_port_and_count_every_request_once(tmp_path):
 
 def test_a_dead_worker_is_replaced_and_its_counts_stay(tmp_path):
     with running(tmp_path, CONFIG, "--workers", "2", metrics_port=True) as gateway:
+        all_workers_ready(gateway)
         prefix = f"restart-{uuid.uuid4().hex[:8]}"
         for i in range(10):
             chat(gateway.url, f"{prefix}-{i}")
@@ -124,6 +140,7 @@ def test_a_dead_worker_is_replaced_and_its_counts_stay(tmp_path):
 
 def test_sigterm_stops_the_supervisor_and_every_worker(tmp_path):
     with running(tmp_path, CONFIG, "--workers", "2", metrics_port=True) as gateway:
+        all_workers_ready(gateway)
         workers = gateway.children()
         assert len(workers) == 2
         gateway.proc.send_signal(signal.SIGTERM)
@@ -152,3 +169,29 @@ def test_workers_are_refused_where_they_cannot_work(tmp_path, args, message):
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_sigterm_while_the_workers_start_stops_everything(tmp_path):
+    port, mport = free_port(), free_port()
+    command = [sys.executable, "-m", "services", "gateway", "--workers", "2"]
+    proc = subprocess.Popen(
+        [*command, "--port", str(port), "--metrics-port", str(mport)],
+        env=environment(tmp_path, CONFIG),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        process = Process(proc, port, mport, tmp_path / "unused.log", tmp_path / "data")
+        deadline = time.monotonic() + DEADLINE_S
+        while len(workers := process.children()) < 2:
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=DEADLINE_S) == 0
+        for pid in workers:
+            assert not os.path.exists(f"/proc/{pid}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
