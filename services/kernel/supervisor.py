@@ -70,6 +70,7 @@ class Worker:
     started_at: float = 0.0
     ready: bool = False  # said READY; until then the channel carries nothing else
     failures: int = 0  # deaths in a row, each soon after its start
+    owed: int = 0  # metrics requests sent and not yet answered (a late answer is skipped)
     last: exposition.Page = dataclasses.field(default_factory=exposition.Page)  # summed families
 
 
@@ -84,8 +85,10 @@ class Supervisor:
         listen: socket.socket,
         metrics: tuple[socket.socket, ConnectionGuard] | None,
         shutdown_timeout_s: float,
+        scrape_timeout_s: float = SCRAPE_TIMEOUT_S,
     ) -> None:
         self.workers = [Worker(i) for i in range(workers)]
+        self.scrape_timeout_s = scrape_timeout_s
         self.command = command
         self.listen = listen
         self.metrics = metrics
@@ -183,15 +186,22 @@ class Supervisor:
     # -- metrics -----------------------------------------------------------
 
     async def _ask(self, worker: Worker) -> bytes | None:
+        """This worker's page, or None if it does not answer in time. Answers come in
+        order; one that comes after its scrape gave up is read and dropped by the next."""
         if not worker.ready or worker.writer is None or worker.reader is None:
             return None
         async with worker.lock:
             try:
-                async with asyncio.timeout(SCRAPE_TIMEOUT_S):
+                async with asyncio.timeout(self.scrape_timeout_s):
                     worker.writer.write(METRICS)
+                    worker.owed += 1
                     await worker.writer.drain()
-                    kind, size = FRAME.unpack(await worker.reader.readexactly(FRAME.size))
-                    body = await worker.reader.readexactly(size)
+                    while True:
+                        kind, size = FRAME.unpack(await worker.reader.readexactly(FRAME.size))
+                        body = await worker.reader.readexactly(size)
+                        worker.owed -= 1
+                        if worker.owed == 0:
+                            break
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
                 self.scrape_failures.inc()
                 return None
