@@ -29,7 +29,8 @@ RUN python -m compileall -q services
 USER 10001:10001
 # The data folder holds the router's usage spool (and the SQLite file in embedded mode):
 # mount a volume there. No VOLUME line, so no anonymous volume appears unasked.
-EXPOSE 8080 8081 8082 8083 8084
+# The services' ports, and their metrics ports (`--metrics-port`, the port + 1000).
+EXPOSE 8080 8081 8082 8083 8084 9080 9081 9082 9083 9084
 
 # Health checks live in docker-compose.yml and the Kubernetes probes: the port depends on
 # which service the command starts, so no single HEALTHCHECK here would be right.

@@ -1,17 +1,23 @@
-"""`python -m services NAME [--host H] [--port P]`: run one service, or the embedded gateway."""
+"""`python -m services NAME [--host H] [--port P] [--workers N] [--metrics-port M]`:
+run one service, or the embedded gateway (docs/operations.md)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import logging
+import os
 import sys
-
-import uvicorn
+from typing import cast
 
 from services.kernel.config import ConfigError
+from services.kernel.lifecycle import Lifecycle
 from services.kernel.logs import configure_logging
+from services.kernel.server import ServerOptions, run, run_worker
+from services.kernel.service import ServiceApp
 from services.kernel.settings import Settings
+from services.kernel.supervisor import supervise
 
 SERVICES = {
     "gateway": ("services.gateway", 8080),
@@ -21,14 +27,60 @@ SERVICES = {
     "cache": ("services.cache.app", 8083),
     "analytics": ("services.analytics.app", 8084),
 }
+# The apps whose long responses (streams) the drain on SIGTERM ends cleanly.
+WITH_LIFECYCLE = frozenset({"gateway", "router"})
+# The apps that may run as several workers (analytics and the helpers hold per-process state).
+WITH_WORKERS = frozenset({"gateway", "router"})
 
 
-def main(argv: list[str] | None = None) -> int:
+def _worker_fds(value: str) -> tuple[int, int, int]:
+    index, listen, channel = (int(part) for part in value.split(","))
+    return index, listen, channel
+
+
+def _metrics_key(settings: Settings) -> str:
+    """The bearer the public /metrics asks for when there is no metrics port."""
+    name = settings.config.server.metrics_key_env
+    if name is None:
+        return settings.master_key
+    value = os.environ.get(name, "")
+    if len(value) < 8:
+        raise ConfigError(f"server.metrics_key_env names {name}, which must be set (at least 8 characters)")
+    return value
+
+
+def _prepare_embedded_storage(settings: Settings) -> None:
+    """Create the SQLite file and apply its migrations once, before the workers open it,
+    so they do not race to migrate it. Each worker's analytics consumer then writes its
+    own events to the one file: SQLite serialises the writers (WAL, 5 s busy timeout),
+    and a batch that still fails stays pending in that worker and is retried."""
+    from services.analytics.store import SqliteUsageStore
+
+    async def migrate() -> None:
+        store = await SqliteUsageStore.open(settings.data_dir / "gateway.db")
+        await store.close()
+
+    asyncio.run(migrate())
+
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line of `python -m services` (the deployment files are checked against it)."""
     parser = argparse.ArgumentParser(prog="python -m services", description=__doc__)
     parser.add_argument("service", choices=sorted(SERVICES))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int)
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes on the one port (router and gateway)"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve /metrics on this port (overrides server.metrics_port)"
+    )
+    parser.add_argument("--worker-fds", type=_worker_fds, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments().parse_args(argv)
     module_name, default_port = SERVICES[args.service]
     try:
         settings = Settings.from_env()
@@ -38,30 +90,79 @@ def main(argv: list[str] | None = None) -> int:
     if args.service in ("router", "analytics", "cache") and not settings.redis_url:
         print(f"configuration error: REDIS_URL is required to run {args.service} on its own", file=sys.stderr)
         return 2
+    if not 1 <= args.workers <= 64:
+        print("configuration error: --workers must be between 1 and 64", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.service not in WITH_WORKERS:
+        print(f"configuration error: {args.service} runs as one process (no --workers)", file=sys.stderr)
+        return 2
+    server_config = settings.config.server
+    metrics_port = args.metrics_port if args.metrics_port is not None else server_config.metrics_port
+    if args.workers > 1 and metrics_port is None:
+        print(
+            "configuration error: --workers needs a metrics port (server.metrics_port or --metrics-port):"
+            " a scrape of the public port would see one worker only",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        metrics_key = None if metrics_port is not None else _metrics_key(settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     configure_logging(args.service, settings.log_level)
-    app = importlib.import_module(module_name).create_app(settings)
+    port = args.port if args.port is not None else default_port
+    options = ServerOptions(
+        service=args.service,
+        host=args.host,
+        port=port,
+        config=server_config,
+        workers=args.workers,
+        metrics_port=metrics_port,
+        metrics_key=metrics_key,
+    )
+
+    if args.workers > 1 and args.worker_fds is None:
+        if args.service == "gateway":
+            _prepare_embedded_storage(settings)
+
+        def command(index: int, listen_fd: int, channel_fd: int) -> list[str]:
+            return [
+                sys.executable,
+                "-m",
+                "services",
+                args.service,
+                "--host",
+                args.host,
+                "--port",
+                str(port),
+                "--metrics-port",
+                str(metrics_port),
+                "--worker-fds",
+                f"{index},{listen_fd},{channel_fd}",
+            ]
+
+        return supervise(options, command)
+
+    def build(lifecycle: Lifecycle) -> ServiceApp:
+        module = importlib.import_module(module_name)
+        if args.service in WITH_LIFECYCLE:
+            return cast(ServiceApp, module.create_app(settings, lifecycle=lifecycle))
+        return cast(ServiceApp, module.create_app(settings))
+
     logging.getLogger("gateway").info(
         "starting",
         extra={
             "service": args.service,
             "host": args.host,
-            "port": args.port or default_port,
+            "port": port,
             "models": sorted(settings.catalog.models),
         },
     )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port or default_port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        backlog=4096,
-        timeout_graceful_shutdown=15,
-    )
-    return 0
+    if args.worker_fds is not None:
+        _index, listen_fd, channel_fd = args.worker_fds
+        return run_worker(options, build, listen_fd, channel_fd)
+    return run(options, build)
 
 
 if __name__ == "__main__":

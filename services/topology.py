@@ -1,9 +1,10 @@
 """`make up` / `make down`: the distributed topology as local processes.
 
-Each service runs as its own uvicorn process (router 8080, auth 8081, classifier
-8082, cache 8083, analytics 8084, shifted by `GATEWAY_PORT_BASE - 8080`), talking
-over HTTP and Redis, with PostgreSQL for storage. Pid files under `.run/` let
-`down` stop exactly the processes `up` started.
+Each service runs as its own process (router 8080, auth 8081, classifier 8082,
+cache 8083, analytics 8084, shifted by `GATEWAY_PORT_BASE - 8080`), talking over
+HTTP and Redis, with PostgreSQL for storage. Each serves /metrics on its own port,
+1000 above its public one (9080-9084), as in docker-compose.yml and Kubernetes.
+Pid files under `.run/` let `down` stop exactly the processes `up` started.
 """
 
 from __future__ import annotations
@@ -21,10 +22,15 @@ from pathlib import Path
 
 ORDER = ("analytics", "auth", "classifier", "cache", "router")
 OFFSETS = {"router": 0, "auth": 1, "classifier": 2, "cache": 3, "analytics": 4}
+METRICS_OFFSET = 1000  # a service's metrics port is its public port + 1000
 
 
 def ports(base: int) -> dict[str, int]:
     return {name: base + offset for name, offset in OFFSETS.items()}
+
+
+def metrics_ports(base: int) -> dict[str, int]:
+    return {name: port + METRICS_OFFSET for name, port in ports(base).items()}
 
 
 def _alive(pid: int) -> bool:
@@ -48,6 +54,7 @@ def _ready(url: str) -> bool:
 def up(run_dir: Path, host: str, base: int, timeout: float = 60.0) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     port_of = ports(base)
+    metrics_of = metrics_ports(base)
     env = dict(os.environ)
     for name in ("auth", "classifier", "cache", "analytics"):
         env[f"{name.upper()}_URL"] = f"http://{host}:{port_of[name]}"
@@ -63,7 +70,10 @@ def up(run_dir: Path, host: str, base: int, timeout: float = 60.0) -> int:
             continue
         log = open(run_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services", name, "--host", host, "--port", str(port_of[name])],
+            [
+                *(sys.executable, "-m", "services", name),
+                *("--host", host, "--port", str(port_of[name]), "--metrics-port", str(metrics_of[name])),
+            ],
             env=env,
             stdout=log,
             stderr=log,
@@ -81,7 +91,7 @@ def up(run_dir: Path, host: str, base: int, timeout: float = 60.0) -> int:
                 down(run_dir)
                 return 1
             time.sleep(0.1)
-        print(f"{name:<10} ready at {url} (pid {proc.pid})")
+        print(f"{name:<10} ready at {url}, metrics on :{metrics_of[name]} (pid {proc.pid})")
     return 0
 
 

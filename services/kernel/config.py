@@ -216,8 +216,39 @@ class ModelConfig(_Strict):
 
 
 class ServerConfig(_Strict):
+    """How the process server treats clients, metrics and shutdown (docs/operations.md).
+
+    Limits hold per process: with `--workers N`, each worker has its own connection cap.
+    """
+
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     access_log: bool = False
+    # Request line plus headers; larger gets 431 and the connection is closed.
+    max_header_bytes: int = Field(default=32 << 10, ge=1024, le=1 << 20)
+    # From a request's first byte to the end of its headers, then to the end of its body; 408 after.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    body_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # A connection with no request under way (new, or between keep-alive requests) is closed after this.
+    idle_timeout_s: float = Field(default=5.0, gt=0, le=3600)
+    # Open client connections per process; also capped at half the open-file limit. Past it: 503, closed.
+    max_connections: int = Field(default=10_000, ge=1, le=1_000_000)
+    # /metrics on its own port (the public port then answers 404 there); `--metrics-port` overrides.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Without a metrics port, the public /metrics needs `Bearer <value of this variable>`
+    # (unset: the master key).
+    metrics_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # On SIGTERM: streams get drain_s to finish, then are interrupted; the whole shutdown
+    # (drain, then open connections) gets shutdown_timeout_s before the lifespan closes.
+    drain_s: float = Field(default=10.0, ge=0, le=3600)
+    shutdown_timeout_s: float = Field(default=15.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _drain_within_shutdown(self) -> ServerConfig:
+        if self.drain_s >= self.shutdown_timeout_s:
+            raise ValueError(
+                f"drain_s ({self.drain_s:g}) must be below shutdown_timeout_s ({self.shutdown_timeout_s:g})"
+            )
+        return self
 
 
 class AuthConfig(_Strict):

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.__main__ import SERVICES, main
+from services import topology
+from services.__main__ import SERVICES, arguments, main
 from services.kernel.config import load_config
 from services.kernel.settings import Settings
 from tests.conftest import MASTER_KEY, make_settings
@@ -20,6 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # The services a deployment runs as processes of their own (not the embedded "gateway").
 PORTS = {name: port for name, (_module, port) in SERVICES.items() if name != "gateway"}
+# Each serves /metrics on a port of its own, its public port + 1000 (as `make up` does).
+METRICS_PORTS = {name: port + topology.METRICS_OFFSET for name, port in PORTS.items()}
 HELPERS = ("auth", "classifier", "cache", "analytics")
 URL_VARIABLES = {f"{name.upper()}_URL": name for name in HELPERS}
 
@@ -57,6 +60,11 @@ def assert_accepted(arguments: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(io.StringIO()):
         main([*arguments, "--help"])
     assert exit_info.value.code == 0, arguments
+
+
+def metrics_port_of(arguments_: list[str]) -> int | None:
+    """The metrics port `python -m services` serves with these arguments."""
+    return arguments().parse_args(arguments_).metrics_port
 
 
 def provider_key_variables(config: Path) -> set[str]:

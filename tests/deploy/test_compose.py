@@ -13,13 +13,16 @@ import pytest
 import yaml
 
 from services.kernel.config import load_config
+from services.kernel.scrape import METRICS_PATH
 from services.kernel.settings import Settings
 from tests.deploy import compose
 from tests.deploy.conftest import (
+    METRICS_PORTS,
     PORTS,
     REPO,
     URL_VARIABLES,
     assert_accepted,
+    metrics_port_of,
     provider_key_variables,
     variables_read,
 )
@@ -57,8 +60,18 @@ def test_every_service_runs_from_the_one_image_with_its_own_command(services):
         assert name in services, f"{name} is missing from docker-compose.yml"
         service = services[name]
         assert service["build"] == "."
-        assert service["command"] == [name, "--host", "0.0.0.0", "--port", str(port)]
+        metrics = str(METRICS_PORTS[name])
+        assert service["command"] == [
+            name,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--metrics-port",
+            metrics,
+        ]
         assert_accepted(service["command"])
+        assert metrics_port_of(service["command"]) == METRICS_PORTS[name]
     images = {services[name]["image"] for name in PORTS}
     assert len(images) == 1
 
@@ -104,7 +117,8 @@ def test_service_urls_point_at_the_services(services):
     for variable, target in URL_VARIABLES.items():
         url = urlsplit(router_env[variable])
         assert (url.scheme, url.hostname, url.port) == ("http", target, PORTS[target]), variable
-        assert services[target]["command"][-1] == str(url.port)
+        command = services[target]["command"]
+        assert command[command.index("--port") + 1] == str(url.port)
 
 
 def test_datastore_urls_point_at_redis_and_postgres(services):
@@ -210,7 +224,7 @@ def test_images_are_pinned(services):
         assert tag not in ("", "latest"), f"{name}: {service['image']}"
 
 
-def test_prometheus_scrapes_every_service(services, route_paths):
+def test_prometheus_scrapes_every_service_on_its_metrics_port(services):
     mounted = host_path(services["prometheus"], "/etc/prometheus/prometheus.yml")
     assert mounted == REPO / "deploy/prometheus/prometheus.yml"
     config = yaml.safe_load(mounted.read_text())
@@ -220,9 +234,19 @@ def test_prometheus_scrapes_every_service(services, route_paths):
             for target in group["targets"]:
                 targets[target] = (job.get("metrics_path", "/metrics"), group.get("labels", {}))
     for name, port in PORTS.items():
-        path, labels = targets[f"{name}:{port}"]
-        assert path == "/metrics"
-        assert path in route_paths[name]
+        assert f"{name}:{port}" not in targets, "the public port answers 404 on /metrics"
+        path, labels = targets[f"{name}:{metrics_port_of(services[name]['command'])}"]
+        assert path == METRICS_PATH
         assert name in services
         # The router's own metrics carry a `service` label; a target label of that name would clash.
         assert "service" not in labels
+
+
+def test_the_stop_grace_period_covers_the_shutdown_timeout(services):
+    # After SIGTERM a service may take server.shutdown_timeout_s, then flushes: Compose must
+    # not kill it earlier.
+    shutdown = load_config(config_of(services["router"])).server.shutdown_timeout_s
+    for name in PORTS:
+        grace = services[name]["stop_grace_period"]
+        assert grace.endswith("s")
+        assert float(grace[:-1]) >= shutdown + 5, name

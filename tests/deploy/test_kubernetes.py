@@ -10,13 +10,16 @@ import pytest
 import yaml
 
 from services.kernel.config import load_config
+from services.kernel.scrape import METRICS_PATH
 from services.kernel.settings import Settings
 from tests.deploy import kustomize
 from tests.deploy.conftest import (
+    METRICS_PORTS,
     PORTS,
     REPO,
     URL_VARIABLES,
     assert_accepted,
+    metrics_port_of,
     provider_key_variables,
     variables_read,
 )
@@ -132,9 +135,11 @@ def test_containers_run_python_dash_m_services_with_their_port(deployments):
     for name, port in PORTS.items():
         box = container(deployments[name])
         assert "command" not in box, "the image's entrypoint is `python -m services`"
-        assert box["args"] == [name, "--host", "0.0.0.0", "--port", str(port)]
+        metrics = str(METRICS_PORTS[name])
+        assert box["args"] == [name, "--host", "0.0.0.0", "--port", str(port), "--metrics-port", metrics]
         assert_accepted(box["args"])
         assert named_port(box, "http") == port
+        assert named_port(box, "metrics") == metrics_port_of(box["args"]) == METRICS_PORTS[name]
         assert box["image"].startswith("llm-gateway:")
 
 
@@ -149,12 +154,21 @@ def test_probes_hit_the_services_real_routes_on_their_port(deployments, route_pa
             assert named_port(box, probe["port"]) == port
 
 
-def test_prometheus_annotations_name_the_metrics_route(deployments, route_paths):
-    for name, port in PORTS.items():
+def test_prometheus_annotations_name_the_metrics_port(deployments):
+    for name in PORTS:
         annotations = deployments[name]["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
-        assert annotations["prometheus.io/port"] == str(port)
-        assert annotations["prometheus.io/path"] in route_paths[name]
+        assert annotations["prometheus.io/port"] == str(metrics_port_of(container(deployments[name])["args"]))
+        assert annotations["prometheus.io/path"] == METRICS_PATH
+
+
+def test_the_grace_period_covers_pre_stop_and_the_shutdown_timeout(deployments):
+    shutdown = load_config(BASE / "gateway.yaml").server.shutdown_timeout_s
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        pre_stop = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
+        assert pre_stop[0] == "sleep"
+        assert pod["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + shutdown + 5, name
 
 
 def test_services_reach_the_container_port(manifests, deployments):
@@ -269,10 +283,11 @@ def _selects(selector, labels) -> bool:
     return selector.get("matchLabels", {}).items() <= labels.items()
 
 
-def allowed_sources(manifests, deployments, target: str) -> set[str]:
-    """Who may open a connection to `target`'s port: component names, or EXTERNAL."""
+def allowed_sources(manifests, deployments, target: str, port: int | None = None) -> set[str]:
+    """Who may open a connection to `target`'s port (default: its public one): component
+    names, or EXTERNAL."""
     labels = deployments[target]["spec"]["template"]["metadata"]["labels"]
-    port = PORTS[target]
+    port = port or PORTS[target]
     pods = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in deployments.items()}
     sources: set[str] = set()
     for policy in kustomize.by_kind(manifests, "NetworkPolicy").values():
@@ -312,10 +327,21 @@ def test_prometheus_may_scrape_every_service(manifests, deployments):
     scrape = kustomize.by_kind(manifests, "NetworkPolicy")["allow-prometheus-scrape"]
     (rule,) = scrape["spec"]["ingress"]
     assert [set(peer) for peer in rule["from"]] == [{"namespaceSelector"}]
+    scraped = {p["port"] for p in rule["ports"]}
     for name, port in PORTS.items():
         pod_labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
         assert _selects(scrape["spec"]["podSelector"], pod_labels)
-        assert port in {p["port"] for p in rule["ports"]}
+        assert METRICS_PORTS[name] in scraped
+        assert port not in scraped, "metrics are not on the public port"
+
+
+def test_only_prometheus_reaches_the_metrics_ports(manifests, deployments):
+    for name in PORTS:
+        assert allowed_sources(manifests, deployments, name, METRICS_PORTS[name]) == {EXTERNAL}
+    scrape = kustomize.by_kind(manifests, "NetworkPolicy")["allow-prometheus-scrape"]
+    without_scrape = [m for m in manifests if m is not scrape]
+    for name in PORTS:
+        assert allowed_sources(without_scrape, deployments, name, METRICS_PORTS[name]) == set()
 
 
 def test_the_clusters_configuration_wires_every_key_it_names(manifests):

@@ -27,7 +27,10 @@ def free_port_base() -> int:
         if base > 60000:
             continue
         ok = True
-        for port in range(base, base + 5):
+        for port in [
+            *range(base, base + 5),
+            *range(base + topology.METRICS_OFFSET, base + topology.METRICS_OFFSET + 5),
+        ]:
             with socket.socket() as s:
                 try:
                     s.bind(("127.0.0.1", port))
@@ -36,7 +39,7 @@ def free_port_base() -> int:
                     break
         if ok:
             return base
-    raise RuntimeError("no five free consecutive ports")
+    raise RuntimeError("no five free consecutive ports (and five more for metrics)")
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +84,22 @@ def router_url(cluster) -> str:
 
 
 async def test_every_service_is_up_with_probes_and_metrics(cluster):
+    metrics_ports = topology.metrics_ports(cluster["base"])
     async with httpx.AsyncClient() as http:
         for name, port in topology.ports(cluster["base"]).items():
             for path in ("/healthz", "/readyz"):
                 response = await http.get(f"http://127.0.0.1:{port}{path}")
                 assert response.status_code == 200, (name, path, response.text)
-            metrics = await http.get(f"http://127.0.0.1:{port}/metrics")
+            # Metrics are on the metrics port only.
+            assert (await http.get(f"http://127.0.0.1:{port}/metrics")).status_code == 404
+            metrics = await http.get(f"http://127.0.0.1:{metrics_ports[name]}/metrics")
             assert metrics.status_code == 200
             assert "process_resident_memory_bytes" in metrics.text
+            assert "gateway_server_connections" in metrics.text
         # The router probes its helpers over HTTP with their client classes.
         deadline = time.monotonic() + 20
         while True:
-            text = (await http.get(f"{router_url(cluster)}/metrics")).text
+            text = (await http.get(f"http://127.0.0.1:{metrics_ports['router']}/metrics")).text
             up = [
                 s
                 for s in ("auth", "classifier", "cache", "analytics")
