@@ -271,7 +271,8 @@ class AccessTokens:
         auth: AuthClient | None,
         directory: KeyDirectory,
         metrics: AuthMetrics,
-        min_refresh_s: float = 5.0,
+        min_refresh_s: float = 1.0,
+        missing_ttl_s: float = 30.0,
     ) -> None:
         self.config = config
         self.auth = auth
@@ -280,31 +281,51 @@ class AccessTokens:
         self.verifier = TokenVerifier(config.jwt)
         self.loaded_at: float | None = None
         self.min_refresh_s = min_refresh_s
+        self.missing_ttl_s = missing_ttl_s
+        self.missing: dict[str, float] = {}  # kid → not fetched for again until
         self._lock = asyncio.Lock()
         self.verified: dict[str, tuple[float, dict[str, Any]]] = {}  # token hash → (exp, claims)
 
-    async def refresh(self, *, force: bool = False) -> bool:
-        """Fetch the JWKS; at most once per `min_refresh_s` unless forced (the periodic refresh)."""
+    async def refresh(self) -> bool:
+        """Fetch the JWKS now."""
+        if self.auth is None:
+            return False
+        try:
+            self.verifier.load(await self.auth.jwks(wait_s=self.config.lookup_timeout_s))
+        except AuthUnavailable as exc:
+            self.metrics.jwks.labels("failed").inc()
+            log.warning("JWKS refresh failed", extra={"error": str(exc)})
+            return False
+        self.loaded_at = time.monotonic()
+        self.metrics.jwks.labels("ok").inc()
+        return True
+
+    async def refresh_for(self, kid: str) -> None:
+        """A token names a key we do not hold: fetch the set again, once. Fetches happen at
+        most once per `min_refresh_s` (a request waits for the next one rather than fail),
+        and a kid that was still missing afterwards is not fetched for again for a while,
+        so tokens with made-up kids cannot make the router hammer the auth service."""
+        now = time.monotonic()
+        if self.missing.get(kid, 0.0) > now:
+            return
         async with self._lock:
-            now = time.monotonic()
-            if not force and self.loaded_at is not None and now - self.loaded_at < self.min_refresh_s:
-                return False
-            if self.auth is None:
-                return False
-            try:
-                self.verifier.load(await self.auth.jwks(wait_s=self.config.lookup_timeout_s))
-            except AuthUnavailable as exc:
-                self.metrics.jwks.labels("failed").inc()
-                log.warning("JWKS refresh failed", extra={"error": str(exc)})
-                return False
-            self.loaded_at = time.monotonic()
-            self.metrics.jwks.labels("ok").inc()
-            return True
+            if kid in self.verifier.keys:
+                return  # fetched meanwhile by another request
+            if self.loaded_at is not None:
+                wait = self.min_refresh_s - (time.monotonic() - self.loaded_at)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            await self.refresh()
+            if kid not in self.verifier.keys:
+                if len(self.missing) > 10_000:
+                    self.missing.clear()
+                self.missing[kid] = time.monotonic() + self.missing_ttl_s
 
     async def run(self) -> None:
         """Refresh the JWKS every `jwks_refresh_s`."""
         while True:
-            await self.refresh(force=True)
+            async with self._lock:
+                await self.refresh()
             await asyncio.sleep(self.config.jwt.jwks_refresh_s)
 
     async def claims(self, token: str) -> dict[str, Any]:
@@ -312,13 +333,11 @@ class AccessTokens:
         cached = self.verified.get(digest)
         if cached is not None and cached[0] > time.time():
             return cached[1]
-        if self.loaded_at is None:
-            await self.refresh()
         try:
             claims = self.verifier.verify(token)
         except UnknownKid:
-            # A key newer than our copy of the set: refresh once (rate-limited), try again.
-            await self.refresh()
+            # A key newer than our copy of the set (or no set yet): refresh once, try again.
+            await self.refresh_for(self.verifier.header(token)["kid"])
             claims = self.verifier.verify(token)
         if len(self.verified) > 100_000:
             self.verified.clear()
