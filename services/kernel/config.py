@@ -153,7 +153,7 @@ class LimitsConfig(_Strict):
     require_max_tokens: bool = False
     image_tokens: int = Field(default=2000, ge=0, le=1_000_000)  # reserved per image/audio/file part
     on_redis_down: Literal["local", "deny"] = "local"
-    redis_timeout_s: float = Field(default=0.25, gt=0, le=10)
+    redis_timeout_s: float = Field(default=1.0, gt=0, le=10)  # then: Redis counts as away
     retry_redis_after_s: float = Field(default=1.0, gt=0, le=300)
 
 
