@@ -421,6 +421,9 @@ class LimitAdmission:
                 "request cost more than its reservation",
                 extra={"request_id": ex.request_id, "over_nano": cost_delta},
             )
+        tpm = any(s.limits.tpm is not None for s in r.subjects)
+        if not cost_delta and not (token_delta and tpm):
+            return  # nothing to correct: no second round trip
         if r.local:
             self.local.settle(r, token_delta, cost_delta)
             self._pending(r, cost_delta)
