@@ -35,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.service in ("router", "analytics", "cache") and not settings.redis_url:
+    if args.service in ("router", "analytics", "cache", "auth") and not settings.redis_url:
         print(f"configuration error: REDIS_URL is required to run {args.service} on its own", file=sys.stderr)
+        return 2
+    if args.service == "auth" and not settings.database_url:
+        # Replicas must share their accounts; the SQLite file is for the embedded gateway.
+        print("configuration error: DATABASE_URL is required to run auth on its own", file=sys.stderr)
         return 2
     configure_logging(args.service, settings.log_level)
     app = importlib.import_module(module_name).create_app(settings)
