@@ -121,13 +121,20 @@ def cluster(tmp_path_factory) -> Iterator[dict[str, Any]]:
                 second.wait()
         subprocess.run([*command, "down", *where], env=env, capture_output=True, check=True)
         asyncio.run(purge(made, prefix))
-        sync_redis.from_url(REDIS_URL).delete(stream)
+        with sync_redis.from_url(REDIS_URL) as r:
+            r.delete(stream)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def read_value(r: sync_redis.Redis, name: bytes) -> object:
+    """A Redis value as stored (DUMP would compress long strings and hide what they hold)."""
+    kind = r.type(name)
+    return r.hgetall(name) if kind == b"hash" else r.get(name) if kind == b"string" else r.dump(name)
 
 
 def read_logs(run_dir: Path) -> str:
@@ -206,7 +213,6 @@ async def test_concurrent_requests_never_overspend_a_budget_across_two_routers(c
     assert statuses.count(429) > 0  # the budget was reached
     # The spend counter after every settle, and the usage the analytics service recorded.
     counter = f"{cluster['prefix']}:spend:key:{key['id']}:{period_bounds(None, time.time())[0]}"
-    r = sync_redis.from_url(REDIS_URL)
     deadline = time.monotonic() + 30
     rows: list[asyncpg.Record] = []
     while time.monotonic() < deadline:
@@ -223,7 +229,8 @@ async def test_concurrent_requests_never_overspend_a_budget_across_two_routers(c
     )
     assert recorded <= budget
     await asyncio.sleep(0.5)  # the last settles run in the background
-    spent = int(r.get(counter) or 0) / NANO
+    with sync_redis.from_url(REDIS_URL) as r:
+        spent = int(r.get(counter) or 0) / NANO
     assert spent <= budget
     assert abs(spent - recorded) < 1e-6  # every reservation was settled at the real cost
     await pg.execute("DELETE FROM usage_events WHERE key_id = $1", key["id"])
@@ -330,8 +337,12 @@ async def test_no_plaintext_secret_reaches_a_log_the_database_or_redis(cluster, 
     for table in ("auth_keys", "auth_users", "auth_teams", "auth_audit", "auth_budgets", "auth_signing_keys"):
         rows += [str(dict(r)) for r in await pg.fetch(f"SELECT * FROM {table}")]
     database = "\n".join(rows)
-    r = sync_redis.from_url(REDIS_URL)
-    values = [str(r.dump(name)) for name in r.scan_iter(match=f"{cluster['prefix']}:*")]
+    with sync_redis.from_url(REDIS_URL) as r:
+        values = [
+            name.decode() + str(read_value(r, name)) for name in r.scan_iter(match=f"{cluster['prefix']}:*")
+        ]
+    assert any(":k:" in v for v in values)  # key records are there, under their hashes
+    assert any(":spend:" in v for v in values)
     stored = "\n".join(values)
     for secret in SECRETS:
         assert secret not in logs

@@ -4,6 +4,7 @@ budget that survives a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -97,6 +98,15 @@ def admin(gw: Gateway, method: str, path: str, json: object = None, token: str =
 
 
 def test_keys_limits_and_budgets_in_the_embedded_gateway(gateway: Gateway):
+    with contextlib.ExitStack() as clients:
+        _keys_limits_and_budgets(gateway, clients)
+
+
+def _keys_limits_and_budgets(gateway: Gateway, clients: contextlib.ExitStack) -> None:
+    def openai_client(api_key: str) -> openai.OpenAI:
+        client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=api_key, max_retries=0)
+        return clients.enter_context(client)
+
     team = admin(gateway, "POST", "/v1/teams", {"name": "research", "rpm": 100})
     user = admin(
         gateway,
@@ -113,17 +123,17 @@ def test_keys_limits_and_budgets_in_the_embedded_gateway(gateway: Gateway):
     assert secret.startswith("sk-gw-")
     assert "key" not in admin(gateway, "GET", f"/v1/keys/{created['id']}")
 
-    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=secret, max_retries=0)
+    client = openai_client(secret)
     reply = client.chat.completions.create(model="mock-small", messages=[{"role": "user", "content": "hi"}])
     assert reply.choices[0].message.content
     assert [m.id for m in client.models.list()] == ["mock-small"]
-    token_client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=token, max_retries=0)
+    token_client = openai_client(token)
     assert token_client.chat.completions.create(
         model="mock-small", messages=[{"role": "user", "content": "hi"}]
     ).choices
 
     limited = admin(gateway, "POST", "/v1/keys", {"user_id": user["id"], "rpm": 2, "budget": {"amount": 1.0}})
-    limited_client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=limited["key"], max_retries=0)
+    limited_client = openai_client(limited["key"])
     raw = limited_client.chat.completions.with_raw_response.create(
         model="mock-small", messages=[{"role": "user", "content": "hi"}], max_tokens=8
     )
