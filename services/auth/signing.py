@@ -25,6 +25,7 @@ from services.auth.database import Database
 from services.kernel.config import JwtConfig
 
 RELOAD_S = 30.0
+KEEP_RETIRED_S = 7 * 86400  # retired keys stay listed (not published) this long
 _ROTATION_LOCK = 8081002
 PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 
@@ -113,6 +114,10 @@ class Signer:
             if self.db.dialect == "postgres":
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _ROTATION_LOCK)
             await conn.execute("UPDATE auth_signing_keys SET retired_at = $1 WHERE retired_at IS NULL", now)
+            # Keys retired long ago verify nothing any more: keep the table bounded.
+            await conn.execute(
+                "DELETE FROM auth_signing_keys WHERE retired_at < $1", now - max(self.grace_s, KEEP_RETIRED_S)
+            )
             await conn.execute(
                 "INSERT INTO auth_signing_keys (kid, algorithm, public_jwk, private_pem, created_at)"
                 " VALUES ($1, $2, $3, $4, $5)",

@@ -176,3 +176,19 @@ async def test_the_embedded_service_works_on_sqlite(tmp_path):
         me = await http.get("/v1/auth/me", headers={"authorization": f"Bearer {key['key']}"})
         assert me.json()["key_id"] == key["id"]
     assert (tmp_path / "data" / "auth.db").exists()
+
+
+async def test_signing_keys_retired_long_ago_are_dropped_at_the_next_rotation(auth_api: Api, pg):
+    kid = f"old-{time.time_ns()}"
+    await pg.execute(
+        "INSERT INTO auth_signing_keys (kid, algorithm, public_jwk, private_pem, created_at, retired_at)"
+        " VALUES ($1, 'EdDSA', '{}', 'x', now() - interval '40 days', now() - interval '8 days')",
+        kid,
+    )
+    try:
+        listed = {k["kid"]: k for k in (await auth_api.ok("GET", "/v1/signing-keys"))["data"]}
+        assert listed[kid]["published"] is False
+        await auth_api.ok("POST", "/v1/signing-keys/rotate")
+        assert await pg.fetchval("SELECT count(*) FROM auth_signing_keys WHERE kid = $1", kid) == 0
+    finally:
+        await pg.execute("DELETE FROM auth_signing_keys WHERE kid = $1", kid)
