@@ -394,6 +394,9 @@ class Admin:
                 raise InvalidRequest(f"team_id: no team has the id {changes['team_id']!r}", param="team_id")
             before = await self._user(user_id, conn)
             after = await store.update_user(conn, user_id, changes, password_hash)
+            if after["team_id"] != before["team_id"]:
+                # A user's keys belong to the user's team: they move with the user.
+                await store.move_keys(conn, user_id, after["team_id"])
             audited = {**after, "password_changed": True} if password_hash else after
             await self.audit(conn, request, caller, "user.update", ("user", user_id), before, audited)
             entries = [user_entry(user_id), *await store.key_hashes(conn, user_id=user_id)]

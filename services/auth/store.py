@@ -387,6 +387,12 @@ async def rotate_key(
     return key
 
 
+async def move_keys(conn: Connection, user_id: str, team_id: str | None) -> None:
+    await conn.execute(
+        "UPDATE auth_keys SET team_id = $1, updated_at = $2 WHERE user_id = $3", team_id, time.time(), user_id
+    )
+
+
 async def key_hashes(
     conn: Connection, *, key_id: str | None = None, team_id: str | None = None, user_id: str | None = None
 ) -> list[str]:

@@ -192,3 +192,14 @@ async def test_signing_keys_retired_long_ago_are_dropped_at_the_next_rotation(au
         assert await pg.fetchval("SELECT count(*) FROM auth_signing_keys WHERE kid = $1", kid) == 0
     finally:
         await pg.execute("DELETE FROM auth_signing_keys WHERE kid = $1", kid)
+
+
+async def test_a_users_keys_move_with_the_user(auth_api: Api):
+    first, second = await auth_api.team(rpm=5), await auth_api.team(rpm=7)
+    user = await auth_api.user("member", first["id"])
+    created = await auth_api.key(user_id=user["id"])
+    await auth_api.ok("PATCH", f"/v1/users/{user['id']}", json={"team_id": second["id"]})
+    assert (await auth_api.ok("GET", f"/v1/keys/{created['id']}"))["team_id"] == second["id"]
+    entry = key_entry(key_hash(created["key"]))
+    record = await auth_api.ok("POST", "/v1/internal/introspect", json={"entry": entry})
+    assert record["team_limits"]["rpm"] == 7
