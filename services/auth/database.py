@@ -15,9 +15,9 @@ import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
@@ -27,6 +27,7 @@ _MIGRATION_LOCK = 8081001  # pg_advisory_xact_lock id: one replica migrates at a
 _PG_EPOCH = 946_684_800  # 2000-01-01 in unix seconds: PostgreSQL's timestamp origin
 
 Row = dict[str, Any]
+T = TypeVar("T")
 
 
 def migrations(dialect: str) -> list[tuple[int, str]]:
@@ -151,6 +152,19 @@ def _sqlite_args(args: Sequence[Any]) -> list[Any]:
     return [int(a) if isinstance(a, bool) else a for a in args]
 
 
+async def _in_thread(fn: Callable[[], T]) -> T:
+    """Run `fn` in a worker thread; if the caller is cancelled, still wait for the thread
+    before giving up, so that nobody (closing the connection, say) touches the SQLite
+    connection while a statement runs on it: that crashes the process."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
 class _SqliteConn:
     """Runs statements on the one SQLite connection from a worker thread."""
 
@@ -159,7 +173,7 @@ class _SqliteConn:
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         query, params = _sqlite_sql(sql), _sqlite_args(args)
-        rows = await asyncio.to_thread(lambda: self.db.conn.execute(query, params).fetchall())
+        rows = await _in_thread(lambda: self.db.conn.execute(query, params).fetchall())
         return [dict(r) for r in rows]
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
@@ -168,7 +182,7 @@ class _SqliteConn:
 
     async def execute(self, sql: str, *args: Any) -> int:
         query, params = _sqlite_sql(sql), _sqlite_args(args)
-        return await asyncio.to_thread(lambda: self.db.conn.execute(query, params).rowcount)
+        return await _in_thread(lambda: self.db.conn.execute(query, params).rowcount)
 
 
 class SqliteDatabase(_SqliteConn):
@@ -221,13 +235,13 @@ class SqliteDatabase(_SqliteConn):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         async with self.lock:
-            await asyncio.to_thread(self.conn.execute, "BEGIN IMMEDIATE")
+            await _in_thread(lambda: self.conn.execute("BEGIN IMMEDIATE"))
             try:
                 yield _SqliteConn(self)
             except BaseException:
-                await asyncio.to_thread(self.conn.execute, "ROLLBACK")
+                await _in_thread(lambda: self.conn.execute("ROLLBACK"))
                 raise
-            await asyncio.to_thread(self.conn.execute, "COMMIT")
+            await _in_thread(lambda: self.conn.execute("COMMIT"))
 
     async def check(self) -> str:
         try:
@@ -238,7 +252,7 @@ class SqliteDatabase(_SqliteConn):
 
     async def close(self) -> None:
         async with self.lock:
-            await asyncio.to_thread(self.conn.close)
+            await _in_thread(self.conn.close)
 
 
 async def open_database(database_url: str | None, data_dir: Path) -> Database:
