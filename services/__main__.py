@@ -55,10 +55,13 @@ def _prepare_embedded_storage(settings: Settings) -> None:
     own events to the one file: SQLite serialises the writers (WAL, 5 s busy timeout),
     and a batch that still fails stays pending in that worker and is retried."""
     from services.analytics.store import SqliteUsageStore
+    from services.auth.database import open_database
 
     async def migrate() -> None:
         store = await SqliteUsageStore.open(settings.data_dir / "gateway.db")
         await store.close()
+        accounts = await open_database(None, settings.data_dir)  # auth's own SQLite file
+        await accounts.close()
 
     asyncio.run(migrate())
 
@@ -87,14 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.service in ("router", "analytics", "cache") and not settings.redis_url:
-        print(f"configuration error: REDIS_URL is required to run {args.service} on its own", file=sys.stderr)
-        return 2
     if not 1 <= args.workers <= 64:
         print("configuration error: --workers must be between 1 and 64", file=sys.stderr)
         return 2
     if args.workers > 1 and args.service not in WITH_WORKERS:
         print(f"configuration error: {args.service} runs as one process (no --workers)", file=sys.stderr)
+        return 2
+    if args.service in ("router", "analytics", "cache", "auth") and not settings.redis_url:
+        print(f"configuration error: REDIS_URL is required to run {args.service} on its own", file=sys.stderr)
+        return 2
+    if args.service == "auth" and not settings.database_url:
+        # Replicas must share their accounts; the SQLite file is for the embedded gateway.
+        print("configuration error: DATABASE_URL is required to run auth on its own", file=sys.stderr)
         return 2
     server_config = settings.config.server
     metrics_port = args.metrics_port if args.metrics_port is not None else server_config.metrics_port

@@ -10,7 +10,7 @@ from __future__ import annotations
 from services.analytics import app as analytics_app
 from services.analytics.client import AnalyticsClient
 from services.auth import app as auth_app
-from services.auth.client import AuthClient
+from services.auth.client import AuthClient, MemoryInvalidations
 from services.cache import app as cache_app
 from services.cache.client import CacheClient
 from services.classifier import app as classifier_app
@@ -20,6 +20,7 @@ from services.kernel.service import ServiceApp
 from services.kernel.settings import Settings
 from services.kernel.stream import MemoryUsageStream
 from services.router import app as router_app
+from services.router.limits import LocalCounters
 
 
 def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> ServiceApp:
@@ -29,12 +30,19 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
         dead_letter_path=settings.data_dir / "usage-dead-letters.jsonl",
         dead_letter_max=settings.config.usage.dead_letter_max,
     )
-    auth = auth_app.create_app(settings, process_metrics=False)
+    # Key changes reach the router through an in-process channel; the router's limit
+    # counters are the spend the auth service shows.
+    invalidations = MemoryInvalidations()
+    counters = LocalCounters()
+    auth = auth_app.create_app(settings, process_metrics=False, invalidations=invalidations, spend=counters)
+    auth_client = AuthClient.in_process(auth)
+    assert isinstance(auth_client, AuthClient)
+    auth_client.invalidations = invalidations
     classifier = classifier_app.create_app(settings, process_metrics=False)
     cache = cache_app.create_app(settings, process_metrics=False)
-    analytics = analytics_app.create_app(settings, stream=stream, process_metrics=False)
+    analytics = analytics_app.create_app(settings, stream=stream, process_metrics=False, auth=auth_client)
     helpers = router_app.Helpers(
-        auth=AuthClient.in_process(auth),
+        auth=auth_client,
         classifier=ClassifierClient.in_process(classifier),
         cache=CacheClient.in_process(cache),
         analytics=AnalyticsClient.in_process(analytics),
@@ -45,7 +53,9 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
         helpers=helpers,
         sub_apps=[auth, classifier, cache, analytics],
         lifecycle=lifecycle,
+        counters=counters,
     )
-    # The analytics API is reachable embedded too, on the same port.
+    # The analytics and admin APIs are reachable embedded too, on the same port.
     app.mount("/analytics", analytics)
+    app.mount("/auth", auth)
     return app

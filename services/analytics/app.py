@@ -19,7 +19,7 @@ from starlette.routing import Route
 from services.analytics import deadletters
 from services.analytics.consumer import ConsumerMetrics, UsageConsumer
 from services.analytics.store import PostgresUsageStore, SqliteUsageStore, UsageStore
-from services.kernel.bearer import require_master_key
+from services.auth.client import AdminGate, AuthClient
 from services.kernel.errors import InvalidRequest
 from services.kernel.service import ServiceApp, build_app, json_response
 from services.kernel.settings import Settings
@@ -52,10 +52,19 @@ def create_app(
     *,
     stream: UsageStream | None = None,
     process_metrics: bool = True,
+    auth: AuthClient | None = None,
 ) -> ServiceApp:
-    """The analytics app. `stream` is passed in by the embedded gateway; else Redis."""
+    """The analytics app. `stream` (and `auth`) are passed in by the embedded gateway;
+    else Redis (and the auth service at AUTH_URL, when set)."""
     registry = CollectorRegistry()
     metrics = ConsumerMetrics(registry)
+    # The API takes the master key, or an admin's virtual key or access token (asked of auth).
+    auth_client = auth
+    if auth_client is None and settings.auth_url:
+        made = AuthClient.over_http(settings.auth_url)
+        assert isinstance(made, AuthClient)
+        auth_client = made
+    gate = AdminGate(settings.master_key, auth_client)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -91,20 +100,22 @@ def create_app(
             await store.close()
             if redis is not None:
                 await redis.aclose()
+            if auth is None and auth_client is not None:
+                await auth_client.aclose()
 
     async def ready() -> dict[str, str]:
         store_status, stream_status = await asyncio.gather(app.state.store.check(), app.state.stream.check())
         return {"store": store_status, "stream": stream_status}
 
     async def summary(request: Request) -> Response:
-        require_master_key(request.scope, settings.master_key)
+        await gate.require_admin(request.scope)
         since = _float_param(request, "since")
         key_id = request.query_params.get("key_id")
         rows = await app.state.store.summary(since, key_id)
         return json_response({"object": "list", "data": rows})
 
     async def events(request: Request) -> Response:
-        require_master_key(request.scope, settings.master_key)
+        await gate.require_admin(request.scope)
         request_id = request.query_params.get("request_id")
         if not request_id or len(request_id) > 128:
             raise InvalidRequest("request_id (1-128 characters) is required", param="request_id")
@@ -112,11 +123,11 @@ def create_app(
         return json_response({"object": "list", "data": rows})
 
     async def dead_letters(request: Request) -> Response:
-        require_master_key(request.scope, settings.master_key)
+        await gate.require_admin(request.scope)
         return await deadletters.list_dead_letters(request, app.state.stream, metrics)
 
     async def replay(request: Request) -> Response:
-        require_master_key(request.scope, settings.master_key)
+        await gate.require_admin(request.scope)
         return await deadletters.replay_dead_letters(request, app.state.stream, metrics)
 
     app = build_app(

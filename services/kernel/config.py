@@ -251,8 +251,65 @@ class ServerConfig(_Strict):
         return self
 
 
+class JwtConfig(_Strict):
+    """Access tokens issued by the auth service's login and verified by every router."""
+
+    algorithm: Literal["EdDSA", "RS256"] = "EdDSA"  # pinned: nothing else is ever accepted
+    issuer: str = Field(default="llm-gateway", min_length=1, max_length=256)
+    audience: str = Field(default="llm-gateway", min_length=1, max_length=256)
+    access_token_ttl_s: int = Field(default=900, ge=60, le=86_400)
+    clock_skew_s: int = Field(default=30, ge=0, le=300)
+    rotate_after_days: float = Field(default=30, ge=0, le=3650)  # 0 = only through the admin API
+    # Passphrase that encrypts the signing keys' private halves at rest; default: the master key.
+    key_secret_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    jwks_refresh_s: float = Field(default=300, ge=1, le=86_400)
+
+
+class LoginConfig(_Strict):
+    password_min_length: int = Field(default=12, ge=8, le=128)
+    max_failures: int = Field(default=10, ge=1, le=10_000)  # per account, then 429 until the window ends
+    failure_window_s: int = Field(default=900, ge=1, le=86_400)
+    # scrypt cost: N (a power of two) and p; r is 8. The default is one of OWASP's settings.
+    scrypt_n: int = Field(default=2**15, ge=2**14, le=2**20)
+    scrypt_p: int = Field(default=3, ge=1, le=16)
+
+    @field_validator("scrypt_n")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("must be a power of two")
+        return value
+
+
+class LimitsConfig(_Strict):
+    """How the router's admission prices and counts a request."""
+
+    # Output tokens reserved for a request that names neither max_tokens nor max_completion_tokens.
+    default_max_tokens: int = Field(default=4096, ge=1, le=10_000_000)
+    # Refuse (400) a request without max_tokens from a caller with a budget or a TPM limit,
+    # so that no answer can cost more than was reserved for it.
+    require_max_tokens: bool = False
+    image_tokens: int = Field(default=2000, ge=0, le=1_000_000)  # reserved per image/audio/file part
+    on_redis_down: Literal["local", "deny"] = "local"
+    redis_timeout_s: float = Field(default=1.0, gt=0, le=10)  # then: Redis counts as away
+    retry_redis_after_s: float = Field(default=1.0, gt=0, le=300)
+
+
 class AuthConfig(_Strict):
-    master_key_env: str = Field(default="GATEWAY_MASTER_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Virtual keys, users, JWT and limits (`docs/auth.md`)."""
+
+    master_key_env: str = Field(default="GATEWAY_MASTER_KEY", pattern=_ENV_NAME)
+    redis_prefix: str = Field(default="gateway:auth", min_length=1, max_length=64, pattern=r"^[!-~]+$")
+    cache_ttl_s: float = Field(default=60, gt=0, le=3600)  # in-process cache of a key's record
+    redis_ttl_s: int = Field(default=300, ge=1, le=86_400)  # shared cache of key records
+    negative_ttl_s: float = Field(default=2, ge=0, le=60)  # an unknown key, remembered briefly
+    degraded_ttl_s: float = Field(default=5, gt=0, le=3600)  # cache age while invalidations are not heard
+    stale_ttl_s: float = Field(default=900, ge=0, le=86_400)  # serve a known key this long when auth is down
+    lookup_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    cache_max_entries: int = Field(default=100_000, ge=100, le=10_000_000)
+    jwt: JwtConfig = JwtConfig()
+    login: LoginConfig = LoginConfig()
+    limits: LimitsConfig = LimitsConfig()
 
 
 class UsageConfig(_Strict):

@@ -15,7 +15,7 @@ class Limits:
     rpm: int | None = None
     tpm: int | None = None
     budget: float | None = None  # currency units per budget period
-    budget_period: str | None = None  # e.g. "1d", "30d"; None = lifetime
+    budget_period: str | None = None  # "hour", "day", "week" or "month" (UTC); None = lifetime
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

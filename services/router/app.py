@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -30,10 +32,13 @@ from services.router.dialect import dialects
 from services.router.dispatch import Dispatcher
 from services.router.httpclient import NativeTransport
 from services.router.ingress import ModelCards, RouterApp, RouterState
+from services.router.keys import AccessTokens, AuthMetrics, KeyAuthenticator, KeyDirectory
+from services.router.limits import LimitAdmission, LocalCounters
 from services.router.metrics import RouterMetrics
 from services.router.pipeline import Pipeline
 from services.router.providers import adapters
 from services.router.providers.mock import mock_transport
+from services.router.reachability import Reachability
 from services.router.relay import Relay
 from services.router.routing import CatalogResolver
 from services.router.sender import Sender, Transport
@@ -49,6 +54,8 @@ from services.router.stages import (
     Unlimited,
 )
 from services.router.usage import UsagePublisher
+
+log = logging.getLogger("gateway.router")
 
 
 @dataclasses.dataclass
@@ -95,9 +102,11 @@ def create_app(
     sub_apps: Sequence[ServiceApp] = (),
     lifecycle: Lifecycle | None = None,
     stages: Stages | None = None,
+    counters: LocalCounters | None = None,
 ) -> ServiceApp:
-    """The router. Embedded, `stream`, `helpers` and `sub_apps` come from the gateway
-    module; distributed, they are built from the settings (Redis, service URLs)."""
+    """The router. Embedded, `stream`, `helpers`, `sub_apps` and the limit `counters`
+    (shared with the auth service, which shows spend) come from the gateway module;
+    distributed, they are built from the settings (Redis, service URLs)."""
     registry = CollectorRegistry()
     metrics = RouterMetrics(registry)
     lifecycle = lifecycle or Lifecycle()
@@ -112,17 +121,22 @@ def create_app(
             for sub in sub_apps:
                 await stack.enter_async_context(sub.router.lifespan_context(sub))
 
-            usage_stream = stream
-            if usage_stream is None:
-                if not settings.redis_url:
-                    raise RuntimeError("REDIS_URL is required for the router in distributed mode")
+            redis = None
+            if settings.redis_url:
                 redis = aioredis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0)
                 stack.push_async_callback(redis.aclose)
+            usage_stream = stream
+            if usage_stream is None:
+                if redis is None:
+                    raise RuntimeError("REDIS_URL is required for the router in distributed mode")
                 usage_stream = RedisUsageStream(redis, config.usage.stream, config.usage.group)
 
             clients = helpers or Helpers.over_http(settings)
             for client in clients.present().values():
                 stack.push_async_callback(client.aclose)
+            authenticator, admission = await stack.enter_async_context(
+                access_control(settings, clients, redis, registry, given, counters)
+            )
 
             network = given.network
             if network is None:
@@ -158,10 +172,9 @@ def create_app(
             for deps in catalog.models.values():
                 for dep in deps:
                     metrics.circuit(dep, "closed")
-            admission = given.admission or Unlimited()
             cache = given.cache or NoCache()
             pipeline = Pipeline(
-                authenticator=given.authenticator or MasterKeyAuthenticator(settings.master_key),
+                authenticator=authenticator,
                 resolver=given.resolver or CatalogResolver(catalog),
                 admission=admission,
                 cache=cache,
@@ -209,6 +222,73 @@ def create_app(
     )
     service.registries[1:] = [r for sub in sub_apps for r in sub.registries]
     return service
+
+
+@contextlib.asynccontextmanager
+async def access_control(
+    settings: Settings,
+    clients: Helpers,
+    redis: aioredis.Redis | None,
+    registry: CollectorRegistry,
+    given: Stages,
+    counters: LocalCounters | None,
+) -> AsyncIterator[tuple[Authenticator, Admission]]:
+    """The authenticate and admit stages. With an auth service: virtual keys, access
+    tokens and limits (`keys.py`, `limits.py`); without one: the master key only, no
+    limits. Stages passed in `given` are used as they are."""
+    auth = clients.auth if isinstance(clients.auth, AuthClient) else None
+    config = settings.config.auth
+    if auth is None:
+        yield (
+            given.authenticator or MasterKeyAuthenticator(settings.master_key),
+            given.admission or Unlimited(),
+        )
+        return
+    reach = Reachability(registry, config.limits.retry_redis_after_s)
+    tasks: list[asyncio.Task[None]] = []
+    authenticator = given.authenticator
+    if authenticator is None:
+        metrics = AuthMetrics(registry)
+        directory = KeyDirectory(
+            config, auth=auth, service_key=settings.master_key, redis=redis, reach=reach, metrics=metrics
+        )
+        tokens = AccessTokens(config, auth=auth, directory=directory, metrics=metrics)
+        authenticator = KeyAuthenticator(settings.master_key, directory, tokens, metrics)
+        tasks += [
+            asyncio.create_task(directory.listen(), name="auth-invalidations"),
+            asyncio.create_task(tokens.run(), name="auth-jwks"),
+        ]
+    admission = given.admission
+    limits = None
+    spend_file = settings.data_dir / "spend.json"
+    if admission is None:
+        local = counters or LocalCounters()
+        if redis is None:  # embedded: this process holds the spend; keep it across restarts
+            local.load(spend_file)
+            tasks.append(asyncio.create_task(_save_every(local, spend_file), name="spend-save"))
+        prefix = config.redis_prefix
+        limits = LimitAdmission(
+            config.limits, redis=redis, prefix=prefix, reach=reach, registry=registry, local=local
+        )
+        admission = limits
+    try:
+        yield authenticator, admission
+    finally:
+        for task in tasks:
+            await _cancel(task)
+        if limits is not None:
+            await limits.aclose()
+            if redis is None:
+                limits.local.save(spend_file)
+
+
+async def _save_every(counters: LocalCounters, path: Path, every: float = 10.0) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(counters.save, path)
+        except OSError as exc:
+            log.warning("spend not saved", extra={"error": type(exc).__name__})
 
 
 async def watch_helpers(helpers: Helpers, metrics: RouterMetrics, every: float = 5.0) -> None:
