@@ -180,9 +180,10 @@ async def test_dead_letter_api_lists_and_replays(api):
     stream = RedisUsageStream(redis, STREAM, "analytics")
     tag = unique("dlapi")
     constraint = f"no_{tag.replace('-', '_')}"
-    await conn.execute(f"ALTER TABLE usage_events ADD CONSTRAINT {constraint} CHECK (model <> '{tag}')")
-    events = [make_event(tag, i) for i in range(5)]
-    events[1]["model"] = tag  # refused by the store
+    await conn.execute(
+        f"ALTER TABLE usage_records ADD CONSTRAINT {constraint} CHECK (request_id <> '{tag}-1')"
+    )
+    events = [make_event(tag, i) for i in range(5)]  # the second is refused by the store
     events[3]["status"] = 999  # refused by decoding
     await stream.publish([orjson.dumps(e) for e in events])
     await wait_settled(redis, STREAM)
@@ -201,7 +202,7 @@ async def test_dead_letter_api_lists_and_replays(api):
         assert constraint in refused["reason"]
         assert listing["total"] >= 2
 
-        await conn.execute(f"ALTER TABLE usage_events DROP CONSTRAINT {constraint}")
+        await conn.execute(f"ALTER TABLE usage_records DROP CONSTRAINT {constraint}")
         replay = await http.post("/v1/usage/dead-letters/replay", json={"ids": [refused["id"]]})
         assert replay.status_code == 200, replay.text
         assert replay.json()["replayed"] == 1

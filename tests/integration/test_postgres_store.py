@@ -1,57 +1,177 @@
+"""The PostgreSQL store on the real server, in a schema of its own: compact rows,
+partitions, roll-ups kept exactly once, retention by dropping partitions."""
+
+import time
+from datetime import UTC, datetime
+
+import asyncpg
 import pytest
 
-from services.analytics.store import PostgresUsageStore, SqliteUsageStore, migrations
-from tests.conftest import DATABASE_URL, unique
+from services.analytics.postgres import PostgresUsageStore
+from services.analytics.query import Filters, Grouping
+from services.analytics.sqlite import SqliteUsageStore
+from services.analytics.store import migrations, month_start
+from services.kernel.config import RetentionConfig
+from tests.conftest import unique
 from tests.integration.events import make_event
 
 
 @pytest.fixture
-async def store(pg):
-    store = await PostgresUsageStore.open(DATABASE_URL)
+async def store(pg_schema):
+    store = await PostgresUsageStore.open(pg_schema)
     yield store
     await store.close()
 
 
-async def test_migrations_are_idempotent(store, pg):
+def whole_range(events) -> Filters:
+    start = int(min(e["created_at"] for e in events)) // 60 * 60
+    return Filters(start=start - 86400 * 40, end=int(time.time()) // 60 * 60 + 120)
+
+
+async def test_migrations_are_idempotent(store):
     await store.migrate()
     await store.migrate()
-    versions = await pg.fetch(
+    versions = await store.pool.fetch(
         "SELECT version FROM schema_migrations WHERE service = 'analytics' ORDER BY version"
     )
     assert [r["version"] for r in versions] == [v for v, _ in migrations("postgres")]
 
 
-async def test_insert_is_idempotent_on_event_id(store, pg):
+async def test_insert_is_idempotent_and_rollups_count_each_event_once(store):
     tag = unique("pgstore")
-    events = [make_event(tag, i) for i in range(25)]
+    events = [make_event(tag, i, cost=0.001, ttft_ms=40.0, stream=True) for i in range(25)]
+    assert await store.insert(events) == 25
+    assert await store.insert(events) == 0  # redelivered: nothing added, not even to roll-ups
+    assert await store.insert([*events[:5], make_event(tag, 99, cost=None)]) == 1
+    assert await store.pool.fetchval("SELECT count(*) FROM usage_events WHERE key_id = $1", tag) == 26
+    for layer in ("minute", "hour", "day"):
+        total = await store.pool.fetchval(f"SELECT sum(requests) FROM usage_{layer} WHERE caller = 0")
+        keyed = await store.pool.fetchval(f"SELECT sum(requests) FROM usage_{layer} WHERE caller <> 0")
+        assert (total, keyed) == (26, 26), layer
+    [row] = await store.usage(whole_range(events), Grouping())
+    assert row["requests"] == 26
+    assert row["prompt_tokens"] == sum(10 + i for i in range(25)) + 109
+    assert row["cost"] == pytest.approx(0.025)
+    assert row["unpriced_requests"] == 1
+    assert row["ttft_ms"]["p50"] is not None
+    rows = await store.events(f"{tag}-3", 10)
+    assert rows[0]["prompt_tokens"] == 13
+    assert rows[0]["stream"] is True
+    assert rows[0]["created_at"] == pytest.approx(events[3]["created_at"], abs=1e-3)
+    assert await store.check() == "ok"
+
+
+async def test_rows_are_narrow(store):
+    """The heap row of a typical event, measured by PostgreSQL itself."""
+    tag = unique("narrow")
+    await store.insert([make_event(tag, i, cost=0.00042) for i in range(100)])
+    size = await store.pool.fetchval(
+        "SELECT avg(pg_column_size(r.*)) FROM usage_records r JOIN usage_callers c ON c.id = r.caller"
+        " WHERE c.key_id = $1",
+        tag,
+    )
+    assert size < 120, size
+
+
+async def test_grouping_and_filters(store):
+    tag = unique("group")
+    events = [
+        make_event(tag, 0, model="m-a", team_id="t1"),
+        make_event(tag, 1, model="m-a", team_id="t1", status=500, error_code="upstream_error"),
+        make_event(tag + "-other", 2, model="m-b", team_id="t2", cached=True, cache="exact", saved_cost=0.5),
+    ]
+    await store.insert(events)
+    span = whole_range(events)
+    by_model = await store.usage(span, Grouping(dimensions=("model",)))
+    assert {(r["model"], r["requests"], r["server_errors"]) for r in by_model} == {
+        ("m-a", 2, 1),
+        ("m-b", 1, 0),
+    }
+    team = Filters(start=span.start, end=span.end, team_id="t1")
+    [row] = await store.usage(team, Grouping())
+    assert (row["requests"], row["availability"]) == (2, 0.5)
+    by_key = await store.usage(span, Grouping(dimensions=("key",)))
+    assert {r["key"] for r in by_key} == {tag, tag + "-other"}
+    hits = Filters(start=span.start, end=span.end, model="m-b")
+    [row] = await store.usage(hits, Grouping())
+    assert (row["cache_hits"], row["saved_cost"], row["cache_hit_rate"]) == (1, 0.5, 1.0)
+    per_minute = await store.usage(span, Grouping(time="minute"))
+    assert sum(r["requests"] for r in per_minute) == 3
+    errors = Filters(start=span.start, end=span.end, status="5xx")
+    [row] = await store.usage(errors, Grouping())
+    assert row["requests"] == 1
+
+
+async def test_old_months_are_partitions_and_retention_drops_them(pg_schema):
+    """Events of three months ago land in their own partition; with a retention of two
+    months it is dropped whole, and events that old are no longer stored."""
+    now = time.time()
+    old = month_start(now, 3) + 3600
+    store = await PostgresUsageStore.open(pg_schema, RetentionConfig(events_months=12))
+    tag = unique("retention")
     try:
-        assert await store.insert(events) == 25
-        assert await store.insert(events) == 0
-        assert await store.insert([*events[:5], make_event(tag, 99)]) == 1
-        assert await pg.fetchval("SELECT count(*) FROM usage_events WHERE key_id = $1", tag) == 26
-        summary = await store.summary(None, tag)
-        assert summary[0]["requests"] == 26
-        assert summary[0]["prompt_tokens"] == sum(10 + i for i in range(25)) + 109
-        rows = await store.events(f"{tag}-3", 10)
-        assert rows[0]["prompt_tokens"] == 13
-        assert rows[0]["created_at"] == pytest.approx(events[3]["created_at"], abs=1e-3)
-        assert await store.check() == "ok"
+        assert await store.insert([make_event(tag, 0, created_at=old), make_event(tag, 1)]) == 2
+        name = f"usage_records_p{datetime.fromtimestamp(old, UTC):%Y%m}"
+        assert await store.pool.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
     finally:
-        await pg.execute("DELETE FROM usage_events WHERE key_id = $1", tag)
+        await store.close()
+    expired = []
+    store = await PostgresUsageStore.open(pg_schema, RetentionConfig(events_months=2), expired.append)
+    try:
+        dropped = await store.maintain(now)
+        assert dropped["usage_records"] >= 1
+        assert not await store.pool.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
+        assert await store.pool.fetchval("SELECT count(*) FROM usage_events WHERE key_id = $1", tag) == 1
+        # The day roll-ups keep the history the events no longer have.
+        assert await store.pool.fetchval("SELECT sum(requests) FROM usage_day WHERE caller = 0") == 2
+        assert await store.insert([make_event(tag, 2, created_at=old)]) == 0
+        assert expired == [1]
+        months = await store.pool.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'usage_records'::regclass"
+        )
+        assert (
+            f"usage_records_p{datetime.fromtimestamp(month_start(month_start(now) + 32 * 86400), UTC):%Y%m}"
+            in {r["relname"] for r in months}
+        )  # next month's is created ahead
+    finally:
+        await store.close()
+
+
+async def test_an_old_wide_table_is_renamed_not_dropped(pg_schema):
+    conn = await asyncpg.connect(pg_schema)
+    try:
+        await conn.execute("CREATE TABLE usage_events (event_id text PRIMARY KEY)")
+        await conn.execute(
+            "CREATE TABLE schema_migrations (service TEXT, version INTEGER,"
+            " applied_at TIMESTAMPTZ DEFAULT now(), PRIMARY KEY (service, version))"
+        )
+        await conn.execute(
+            "INSERT INTO schema_migrations (service, version) VALUES ('analytics', 1), ('analytics', 2)"
+        )
+        store = await PostgresUsageStore.open(pg_schema)
+        await store.close()
+        assert await conn.fetchval("SELECT to_regclass('usage_events_v1') IS NOT NULL")
+    finally:
+        await conn.close()
 
 
 async def test_sqlite_store_has_the_same_contract(tmp_path):
     store = await SqliteUsageStore.open(tmp_path / "gateway.db")
     tag = unique("sqlite")
+    events = [make_event(tag, i, ttft_ms=2.5, stream=True, team_id="t1") for i in range(10)]
     try:
-        events = [make_event(tag, i, ttft_ms=2.5, stream=True) for i in range(10)]
         assert await store.insert(events) == 10
         assert await store.insert(events) == 0
-        summary = await store.summary(None, tag)
-        assert summary[0]["requests"] == 10
+        [row] = await store.usage(whole_range(events), Grouping())
+        assert row["requests"] == 10
+        assert row["ttft_ms"]["p50"] is not None
+        [by_team] = await store.usage(whole_range(events), Grouping(dimensions=("team",)))
+        assert (by_team["team"], by_team["requests"]) == ("t1", 10)
         assert (await store.events(f"{tag}-0", 5))[0]["stream"] is True
     finally:
         await store.close()
     reopened = await SqliteUsageStore.open(tmp_path / "gateway.db")  # migrations skip, data stays
-    assert (await reopened.summary(None, tag))[0]["requests"] == 10
+    [row] = await reopened.usage(whole_range(events), Grouping())
+    assert row["requests"] == 10
     await reopened.close()
