@@ -7,8 +7,9 @@
 Until the auth service issues keys, the analytics API knows one credential, the
 master key, which is the administrator. The router, which holds the master key,
 calls analytics on behalf of its own callers (stored completions) and says who the
-caller is in `x-gateway-principal`; that header is believed only next to the master
-key. When auth lands, `create_app(authenticate=...)` takes its introspection instead.
+caller is in `x-gateway-principal`; that header is believed only from an
+administrator. When auth lands, `create_app(authenticate=...)` takes its
+introspection instead.
 """
 
 from __future__ import annotations
@@ -82,11 +83,19 @@ def decode_principal(raw: bytes) -> Principal:
 
 
 def master_key_access(master_key: str) -> Authenticate:
-    """The master key is the administrator, or speaks for the principal it names."""
+    """The master key is the administrator."""
 
     async def authenticate(headers: Mapping[bytes, bytes]) -> Principal:
         check_key(bearer_token(headers), master_key)
-        asserted = headers.get(PRINCIPAL_HEADER)
-        return ADMIN if asserted is None else decode_principal(asserted)
+        return ADMIN
 
     return authenticate
+
+
+def acting_as(caller: Principal, headers: Mapping[bytes, bytes]) -> Principal:
+    """The principal a request speaks for: an administrator (the router, with the master
+    key) may name another in `x-gateway-principal`; anyone else is who they are."""
+    asserted = headers.get(PRINCIPAL_HEADER)
+    if asserted is None or caller.role != "admin":
+        return caller
+    return decode_principal(asserted)

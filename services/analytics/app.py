@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from services.analytics import api, completions, dashboard, deadletters, lag
-from services.analytics.access import Authenticate, Scope, master_key_access, narrow, scope_of
+from services.analytics.access import Authenticate, Scope, acting_as, master_key_access, narrow, scope_of
 from services.analytics.consumer import ConsumerMetrics, UsageConsumer
 from services.analytics.postgres import PostgresUsageStore
 from services.analytics.query import Filters, Grouping
@@ -132,7 +132,8 @@ def create_app(
         return {"store": store_status, "stream": stream_status}
 
     async def principal_of(request: Request) -> Principal:
-        return await who(dict(request.scope["headers"]))
+        headers = dict(request.scope["headers"])
+        return acting_as(await who(headers), headers)
 
     async def scope(request: Request) -> Scope:
         return scope_of(await principal_of(request))

@@ -222,10 +222,9 @@ async def store_completion(request: Request, store: UsageStore, principal: Princ
         or not _ID.match(response["id"])
     ):
         raise InvalidRequest("response must be a chat.completion with an id", param="response")
-    # The answer's own time places it (a cache hit replaying it again conflicts with the
-    # first copy and is not stored twice), unless it is implausible for a fresh answer.
+    # When the request arrived at the router (sub-second, so lists keep their order).
     now = time.time()
-    created = response.get("created")
+    created = body.get("created_at")
     plausible = isinstance(created, int | float) and now - 86400 < created < now + 3600
     completion = StoredCompletion(
         id=response["id"],

@@ -333,7 +333,9 @@ class PostgresUsageStore:
             await self._ensure(conn, {("stored_completions", month_start(completion.created_at))})
             status = await conn.execute(
                 "INSERT INTO stored_completions (created_at, id, key_id, team_id, model, metadata,"
-                " request, response) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb)"
+                " request, response) SELECT $1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb"
+                # Once per id (a cache hit answers with the id of the completion it replays).
+                " WHERE NOT EXISTS (SELECT 1 FROM stored_completions WHERE id = $2)"
                 " ON CONFLICT DO NOTHING",
                 _time(completion.created_at),
                 completion.id,

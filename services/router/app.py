@@ -46,6 +46,7 @@ from services.router.stages import (
     ResponseCache,
     Unlimited,
 )
+from services.router.stored import StoredCompletions
 from services.router.usage import UsagePublisher
 
 
@@ -152,8 +153,17 @@ def create_app(
 
             admission = given.admission or Unlimited()
             cache = given.cache or NoCache()
+            authenticator = given.authenticator or MasterKeyAuthenticator(settings.master_key)
+            stored = StoredCompletions(
+                clients.analytics if isinstance(clients.analytics, AnalyticsClient) else None,
+                authenticator,
+                metrics,
+                key=settings.master_key,
+                enabled=config.analytics.store_completions,
+                max_bytes=config.analytics.max_stored_bytes,
+            )
             pipeline = Pipeline(
-                authenticator=given.authenticator or MasterKeyAuthenticator(settings.master_key),
+                authenticator=authenticator,
                 resolver=given.resolver or CatalogResolver(catalog),
                 admission=admission,
                 cache=cache,
@@ -167,6 +177,7 @@ def create_app(
                     background,
                     access_log=config.server.access_log,
                     cache_enabled=given.cache is not None,
+                    stored=stored,
                 ),
                 metrics=metrics,
                 redact=redact,
@@ -175,7 +186,7 @@ def create_app(
             )
             owners = {name: deps[0].provider for name, deps in catalog.models.items()}
             owners |= {alias: owners[name] for alias, name in catalog.aliases.items()}
-            yield {"pipeline": pipeline, "models": ModelCards(pipeline, owners)}
+            yield {"pipeline": pipeline, "models": ModelCards(pipeline, owners), "completions": stored}
 
     async def ready() -> dict[str, str]:
         return {"models": "ok" if catalog.models else "no model has a usable deployment"}
@@ -187,7 +198,12 @@ def create_app(
     routes = []
     for prefix in ("/v1", ""):
         routes += [
-            Route(f"{prefix}/chat/completions", answered_by_ingress, methods=["POST"]),
+            Route(f"{prefix}/chat/completions", answered_by_ingress, methods=["GET", "POST"]),
+            Route(
+                f"{prefix}/chat/completions/{{rest:path}}",
+                answered_by_ingress,
+                methods=["GET", "POST", "DELETE"],
+            ),
             Route(f"{prefix}/embeddings", answered_by_ingress, methods=["POST"]),
             Route(f"{prefix}/models", answered_by_ingress, methods=["GET"]),
             Route(f"{prefix}/models/{{model:path}}", answered_by_ingress, methods=["GET"]),

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.kernel.ids import new_id
 from services.kernel.pricing import cost_of
@@ -22,6 +22,9 @@ from services.router.exchange import Exchange
 from services.router.metrics import RouterMetrics
 from services.router.stages import Admission, ResponseCache
 from services.router.usage import UsagePublisher
+
+if TYPE_CHECKING:  # stored.py uses the pipeline's responders, and the pipeline settles
+    from services.router.stored import StoredCompletions
 
 log = logging.getLogger("gateway.router")
 access = logging.getLogger("gateway.access")
@@ -69,6 +72,7 @@ class Settler:
         *,
         access_log: bool = False,
         cache_enabled: bool = False,
+        stored: StoredCompletions | None = None,
     ) -> None:
         self.publisher = publisher
         self.metrics = metrics
@@ -77,6 +81,7 @@ class Settler:
         self.background = background
         self.access_log = access_log
         self.cache_enabled = cache_enabled
+        self.stored = stored
 
     def settle(self, ex: Exchange) -> None:
         """Record the exchange; a second call does nothing."""
@@ -136,3 +141,5 @@ class Settler:
             self.background.run("admission", self.admission.settle(ex), essential=True)
         if self.cache_enabled and ex.completion is not None and ex.status == 200 and ex.cache is None:
             self.background.run("cache_store", self.cache.store(ex), essential=False)
+        if self.stored is not None and self.stored.wanted(ex):  # `store: true`, kept by analytics
+            self.background.run("store_completion", self.stored.store(ex), essential=False)

@@ -175,3 +175,39 @@ async def test_sqlite_store_has_the_same_contract(tmp_path):
     [row] = await reopened.usage(whole_range(events), Grouping())
     assert row["requests"] == 10
     await reopened.close()
+
+
+async def test_stored_completions_in_postgres(store):
+    from services.analytics.store import CompletionQuery, StoredCompletion
+
+    tag = unique("stored")
+    now = time.time()
+
+    def completion(i: int, team: str | None) -> StoredCompletion:
+        return StoredCompletion(
+            id=f"{tag}-{i}",
+            created_at=now + i / 1000,
+            key_id=f"key-{i % 2}",
+            team_id=team,
+            model="mock-small",
+            metadata={"tag": tag, "i": str(i)},
+            request={"model": "mock-small", "messages": [{"role": "user", "content": str(i)}]},
+            response={"id": f"{tag}-{i}", "object": "chat.completion", "choices": []},
+        )
+
+    for i in range(4):
+        assert await store.put_completion(completion(i, "t1" if i < 3 else "t2"))
+    assert not await store.put_completion(completion(0, "t1"))  # once per id
+    items, more = await store.list_completions(CompletionQuery(metadata=(("tag", tag),), limit=2))
+    assert ([c.id for c in items], more) == ([f"{tag}-0", f"{tag}-1"], True)
+    page, more = await store.list_completions(CompletionQuery(metadata=(("tag", tag),), after=f"{tag}-1"))
+    assert ([c.id for c in page], more) == ([f"{tag}-2", f"{tag}-3"], False)
+    team, _ = await store.list_completions(CompletionQuery(team_id="t2", metadata=(("tag", tag),)))
+    assert [c.id for c in team] == [f"{tag}-3"]
+    desc, _ = await store.list_completions(CompletionQuery(key_id="key-1", order="desc"))
+    assert [c.id for c in desc] == [f"{tag}-3", f"{tag}-1"]
+    assert await store.update_completion(f"{tag}-1", {"x": "y"})
+    assert (await store.get_completion(f"{tag}-1")).metadata == {"x": "y"}
+    assert await store.delete_completion(f"{tag}-1")
+    assert await store.get_completion(f"{tag}-1") is None
+    assert not await store.delete_completion(f"{tag}-1")
