@@ -27,6 +27,7 @@ run: venv ## the embedded gateway: one process, no Redis/PostgreSQL, mock provid
 
 test: venv ## the whole suite; starts Redis/PostgreSQL where it can
 	@scripts/ensure-services
+	@scripts/ensure-tools
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy

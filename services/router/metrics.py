@@ -24,6 +24,14 @@ _STATUSES = frozenset(
 )
 
 
+# Error codes of admission refusals (the rate-limit and budget stages) → a bounded label.
+_REJECTIONS = {
+    "rate_limit_exceeded": "rate_limit",
+    "budget_exceeded": "budget",
+    "insufficient_quota": "budget",
+}
+
+
 def status_label(status: int) -> str:
     return str(status) if status in _STATUSES else ("other_4xx" if 400 <= status < 500 else "other")
 
@@ -93,6 +101,50 @@ class RouterMetrics:
         self.in_flight = Gauge(
             "gateway_requests_in_flight", "Model requests being answered now", registry=registry
         )
+        self.cost = Counter(
+            "gateway_cost_total",
+            "What answered requests cost, in the configured price's currency (USD by convention)",
+            ["model", "provider"],
+            registry=registry,
+        )
+        self.saved_cost = Counter(
+            "gateway_saved_cost_total",
+            "What cache hits would have cost upstream",
+            ["model"],
+            registry=registry,
+        )
+        self.unpriced = Counter(
+            "gateway_unpriced_requests_total",
+            "Requests whose deployment has no configured price (their cost is unknown, not zero)",
+            ["model"],
+            registry=registry,
+        )
+        self.cache_results = Counter(
+            "gateway_cache_requests_total",
+            "Chat requests looked up in the response cache, by result: exact, semantic, miss",
+            ["result"],
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_request_duration_seconds",
+            "Time of one upstream attempt, by provider, deployment and outcome (ok, error)",
+            ["provider", "deployment", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.deployment_ttft = Histogram(
+            "gateway_deployment_time_to_first_token_seconds",
+            "Streaming: time from request to the first chunk sent, by provider and deployment",
+            ["provider", "deployment"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.admission_rejections = Counter(
+            "gateway_admission_rejections_total",
+            "Requests refused before any upstream call by rate limits or budgets, by reason",
+            ["reason"],
+            registry=registry,
+        )
         self._children: dict[tuple[str, str, str, int], tuple[Any, ...]] = {}
 
     def record(self, ex: Exchange, latency: float, ttft: float | None) -> None:
@@ -120,6 +172,30 @@ class RouterMetrics:
             prompt.inc(usage.prompt_tokens)
         if usage.completion_tokens:
             completion.inc(usage.completion_tokens)
+        for attempt in ex.attempts:
+            d = attempt.deployment
+            outcome = "ok" if 200 <= attempt.status < 300 else "error"
+            self.upstream_duration.labels(d.provider, d.name, outcome).observe(attempt.seconds)
+        if ttft is not None and dep is not None and ex.cache is None:
+            self.deployment_ttft.labels(dep.provider, dep.name).observe(ttft)
+        if ex.status == 429 and not ex.attempts and ex.cache is None:
+            self.admission_rejections.labels(_REJECTIONS.get(ex.error_code or "", "other")).inc()
+
+    def account(self, ex: Exchange, cost: float | None, saved: float | None, cache_enabled: bool) -> None:
+        """Cost and cache outcome of a settled request (label values from configuration)."""
+        if ex.route is None:
+            return
+        model = ex.route.model
+        dep = ex.deployment
+        if cost is None:
+            if ex.status == 200:
+                self.unpriced.labels(model).inc()
+        elif cost:
+            self.cost.labels(model, dep.provider if dep is not None else NONE).inc(cost)
+        if saved:
+            self.saved_cost.labels(model).inc(saved)
+        if cache_enabled and ex.endpoint == "chat.completions" and (ex.cache is not None or ex.status == 200):
+            self.cache_results.labels(ex.cache if ex.cache in ("exact", "semantic") else "miss").inc()
 
     def upstream_error(self, dep: Deployment, code: str | None) -> None:
         self.upstream_errors.labels(dep.provider, dep.name, code or NONE).inc()

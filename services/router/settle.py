@@ -105,6 +105,7 @@ class Settler:
         saved = None
         if ex.cache is not None:  # served from the gateway's cache: nothing spent upstream
             cost, saved = (0.0 if cost is not None else None), cost
+        self.metrics.account(ex, cost, saved, self.cache_enabled)
         event: UsageEvent = {
             "event_id": new_id(),
             "request_id": ex.request_id,
