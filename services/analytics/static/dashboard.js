@@ -53,9 +53,24 @@
     });
   }
 
-  function timeAxis(unit) {
+  const WIDTH = { minute: 60, hour: 3600, day: 86400 };
+
+  // Every bucket of the range, with the rows the API returned (it omits empty buckets).
+  function filled(rows, unit, start, end) {
+    const width = WIDTH[unit];
+    const byBucket = new Map(rows.map((r) => [r.bucket, r]));
+    const out = [];
+    for (let t = Math.floor(start / width) * width; t < end; t += width) {
+      out.push(byBucket.get(t) || { bucket: t, empty: true });
+    }
+    return out;
+  }
+
+  function timeAxis(unit, start, end) {
     return {
       type: "linear",
+      min: start * 1000,
+      max: end * 1000,
       ticks: {
         maxTicksLimit: 8,
         callback: (value) => {
@@ -67,7 +82,7 @@
   }
 
   function line(label, points, color) {
-    return { label, data: points, borderColor: color, backgroundColor: color, pointRadius: 0, borderWidth: 2, spanGaps: true };
+    return { label, data: points, borderColor: color, backgroundColor: color, pointRadius: points.length > 90 ? 0 : 2, borderWidth: 2, spanGaps: false };
   }
 
   function target(id, met, value, goal) {
@@ -93,30 +108,33 @@
     target("target-cache", t.cache_hit_rate.met, fmtPct(t.cache_hit_rate.value, 1), "objective ≥ " + fmtPct(goals.cache, 0));
   }
 
-  function showSeries(rows, unit) {
+  function showSeries(rows, unit, start, end) {
+    const all = filled(rows, unit, start, end);
     const at = (r) => r.bucket * 1000;
-    const x = { x: timeAxis(unit) };
+    const count = (f) => all.map((r) => ({ x: at(r), y: r.empty ? 0 : f(r) }));
+    const measured = (f) => all.map((r) => ({ x: at(r), y: r.empty ? null : f(r) }));
+    const x = { x: timeAxis(unit, start, end) };
     chart("chart-requests", "line", {
       datasets: [
-        line("requests", rows.map((r) => ({ x: at(r), y: r.requests })), "#2c6fbb"),
-        line("errors", rows.map((r) => ({ x: at(r), y: r.client_errors + r.server_errors })), "#b3261e"),
+        line("requests", count((r) => r.requests), "#2c6fbb"),
+        line("errors", count((r) => r.client_errors + r.server_errors), "#b3261e"),
       ],
     }, { scales: x });
     chart("chart-cost", "line", {
       datasets: [
-        line("cost", rows.map((r) => ({ x: at(r), y: r.cost })), "#8a5cf5"),
-        line("saved by cache", rows.map((r) => ({ x: at(r), y: r.saved_cost })), "#1b7f3b"),
+        line("cost", count((r) => r.cost), "#8a5cf5"),
+        line("saved by cache", count((r) => r.saved_cost), "#1b7f3b"),
       ],
     }, { scales: x });
     chart("chart-latency", "line", {
       datasets: [
-        line("p50", rows.map((r) => ({ x: at(r), y: r.latency_ms.p50 })), "#1b7f3b"),
-        line("p95", rows.map((r) => ({ x: at(r), y: r.latency_ms.p95 })), "#e0a100"),
-        line("p99", rows.map((r) => ({ x: at(r), y: r.latency_ms.p99 })), "#b3261e"),
+        line("p50", measured((r) => r.latency_ms.p50), "#1b7f3b"),
+        line("p95", measured((r) => r.latency_ms.p95), "#e0a100"),
+        line("p99", measured((r) => r.latency_ms.p99), "#b3261e"),
       ],
     }, { scales: x });
     chart("chart-cache", "line", {
-      datasets: [line("hit rate", rows.map((r) => ({ x: at(r), y: r.cache_hit_rate })), "#1b7f3b")],
+      datasets: [line("hit rate", measured((r) => r.cache_hit_rate), "#1b7f3b")],
     }, { scales: Object.assign({ y: { min: 0, max: 1 } }, x) });
   }
 
@@ -140,7 +158,7 @@
       get("v1/usage", Object.assign({ group_by: "model", status: "error", limit: 10 }, range)),
     ]);
     showSummary(summary);
-    showSeries(series.data, unit);
+    showSeries(series.data, unit, range.start, range.end);
     bars("chart-keys", keys.data, "key", (r) => r.requests, "#2c6fbb");
     bars("chart-models", models.data, "model", (r) => r.requests, "#8a5cf5");
     bars("chart-errors", errors.data, "model", (r) => r.requests, "#b3261e");
