@@ -126,7 +126,13 @@ def grouping_of(request: Request, filters: Filters) -> Grouping:
         raise InvalidRequest(
             f"more than {MAX_POINTS} {time_unit}s in the range: use a coarser group_by", param="group_by"
         )
-    return Grouping(time=time_unit, dimensions=tuple(dimensions))
+    # Percentiles cost two thirds of a query: a time series has them (the charts), a
+    # breakdown by key, team, model or provider only when asked.
+    wanted = request.query_params.get("percentiles")
+    if wanted not in (None, "true", "false"):
+        raise InvalidRequest("percentiles must be true or false", param="percentiles")
+    percentiles = wanted == "true" if wanted is not None else time_unit is not None or not dimensions
+    return Grouping(time=time_unit, dimensions=tuple(dimensions), percentiles=percentiles)
 
 
 def _limit(request: Request) -> int:

@@ -103,7 +103,9 @@ class PostgresUsageStore:
     async def open(
         cls, dsn: str, retention: RetentionConfig | None = None, on_expired: ExpiredCallback | None = None
     ) -> PostgresUsageStore:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+        # No JIT: the roll-up queries are short, and compiling their many aggregates took
+        # longer (tens of ms) than running them (measured in bench/analytics_store.py).
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, server_settings={"jit": "off"})
         store = cls(pool, retention or RetentionConfig(), on_expired)
         await store.migrate()
         return store
@@ -271,7 +273,30 @@ class PostgresUsageStore:
     async def usage(
         self, filters: Filters, grouping: Grouping, limit: int | None = None
     ) -> list[dict[str, Any]]:
-        sql, params = build(_DIALECT, filters, grouping, limit=limit)
+        callers = routes = None
+        if filters.per_caller:
+            callers = [
+                r["id"]
+                for r in await self.pool.fetch(
+                    "SELECT id FROM usage_callers WHERE ($1::text IS NULL OR key_id = $1)"
+                    " AND ($2::text IS NULL OR team_id = $2)",
+                    filters.key_id,
+                    filters.team_id,
+                )
+            ]
+        if filters.model is not None or filters.provider is not None:
+            routes = [
+                r["id"]
+                for r in await self.pool.fetch(
+                    "SELECT id FROM usage_routes WHERE ($1::text IS NULL OR model = $1)"
+                    " AND ($2::text IS NULL OR provider = $2)",
+                    filters.model,
+                    filters.provider,
+                )
+            ]
+        if callers == [] or routes == []:
+            return []
+        sql, params = build(_DIALECT, filters, grouping, callers=callers, routes=routes, limit=limit)
         rows = await self.pool.fetch(sql, *params)
         out = []
         for row in rows:

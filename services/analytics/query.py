@@ -12,7 +12,7 @@ Percentiles come from the summed histogram columns (see `histogram.py`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -58,6 +58,7 @@ class Filters:
 class Grouping:
     time: TimeUnit | None = None
     dimensions: tuple[Dimension, ...] = ()
+    percentiles: bool = True
 
 
 Segment = tuple[str, int, int]  # (layer, start, end)
@@ -113,29 +114,52 @@ class Dialect:
             return self.param(params, datetime.fromtimestamp(epoch, UTC))
         return self.param(params, epoch)
 
+    def sum(self, expr: str, name: str) -> str:
+        # PostgreSQL sums bigints into numeric, which asyncpg decodes into Decimal, slowly
+        # (most of a query's time, measured): float8 is exact for counts below 2^53.
+        if self.name == "postgres":
+            return f"sum({expr})::float8 AS {name}"
+        return f"sum({expr}) AS {name}"
+
     def epoch(self, column: str) -> str:
         if self.name == "postgres":
             return f"extract(epoch from {column})::bigint"
         return column
 
 
-_SUMS = [
-    *(f"sum(r.{c}) AS {c}" for c in COUNTERS),
-    *(f"sum(r.{c}) AS {c}" for c in (*LATENCY, *TTFT)),
-    "sum(CASE WHEN r.class = 2 THEN r.requests ELSE 0 END) AS ok",
-    "sum(CASE WHEN r.class = 4 THEN r.requests ELSE 0 END) AS client_errors",
-    "sum(CASE WHEN r.class = 5 THEN r.requests ELSE 0 END) AS server_errors",
-]
-_COLUMNS = ", ".join(("bucket", "caller", "route", "class", *COUNTERS, *LATENCY, *TTFT))
+_CLASS_SUMS = (
+    ("CASE WHEN r.class = 2 THEN r.requests ELSE 0 END", "ok"),
+    ("CASE WHEN r.class = 4 THEN r.requests ELSE 0 END", "client_errors"),
+    ("CASE WHEN r.class = 5 THEN r.requests ELSE 0 END", "server_errors"),
+)
+_CLASS_COLUMNS = ("ok", "client_errors", "server_errors")
+
+
+def measures(grouping: Grouping) -> tuple[str, ...]:
+    """The roll-up columns a query sums: histograms only when percentiles are wanted
+    (they are two thirds of the columns, so of the work)."""
+    return COUNTERS + ((*LATENCY, *TTFT) if grouping.percentiles else ())
 
 
 def build(
-    dialect: Dialect, filters: Filters, grouping: Grouping, *, limit: int | None = None
+    dialect: Dialect,
+    filters: Filters,
+    grouping: Grouping,
+    *,
+    callers: Sequence[int] | None = None,
+    routes: Sequence[int] | None = None,
+    limit: int | None = None,
 ) -> tuple[str, list[Any]]:
-    """The SQL and parameters of a grouped (or, with an empty grouping, a total) query."""
+    """The SQL and parameters of a grouped (or, with an empty grouping, a total) query.
+
+    `callers` and `routes` are the ids the key/team and model/provider filters resolve to
+    (None: no such filter); they are pushed into every branch, where an index finds them.
+    Rows are summed by ids first, then joined to their names and summed again by name:
+    the join sees a few aggregated rows instead of every roll-up row."""
     params: list[Any] = []
-    keyed = filters.per_caller or bool({"key", "team"} & set(grouping.dimensions))
-    caller = "r.caller <> 0" if keyed else "r.caller = 0"
+    dims = set(grouping.dimensions)
+    keyed = filters.per_caller or bool({"key", "team"} & dims)
+    columns = measures(grouping)
     parts = (
         [(f"usage_{grouping.time}", _floor(filters.start, LAYERS[grouping.time]), filters.end)]
         if grouping.time is not None
@@ -143,55 +167,63 @@ def build(
     )
     if not parts:  # an empty range: a query that returns no row (or one row of nulls)
         parts = [("usage_day", 0, 0)]
-    branches = []
-    for table, a, b in parts:
-        branches.append(
-            f"SELECT {_COLUMNS} FROM {table} r WHERE r.bucket >= {dialect.time(params, a)}"
-            f" AND r.bucket < {dialect.time(params, b)} AND {caller}"
-        )
-    source = branches[0] if len(branches) == 1 else " UNION ALL ".join(branches)
-    where: list[str] = []
-    joins: list[str] = []
-    if keyed:
-        joins.append("JOIN usage_callers c ON c.id = r.caller")
-    if (
-        filters.model is not None
-        or filters.provider is not None
-        or {"model", "provider"} & set(grouping.dimensions)
-    ):
-        joins.append("JOIN usage_routes t ON t.id = r.route")
-    if filters.key_id is not None:
-        where.append(f"c.key_id = {dialect.param(params, filters.key_id)}")
-    if filters.team_id is not None:
-        where.append(f"c.team_id = {dialect.param(params, filters.team_id)}")
-    if filters.model is not None:
-        where.append(f"t.model = {dialect.param(params, filters.model)}")
-    if filters.provider is not None:
-        where.append(f"t.provider = {dialect.param(params, filters.provider)}")
+    conditions = ["r.caller <> 0" if keyed else "r.caller = 0"]
+    if callers is not None:
+        conditions.append(f"r.caller IN ({_ids(callers)})")
+    if routes is not None:
+        conditions.append(f"r.route IN ({_ids(routes)})")
     if filters.status is not None:
-        classes = STATUS_CLASSES[filters.status]
-        where.append(f"r.class IN ({', '.join(str(c) for c in classes)})")
-    groups: list[str] = []
-    select: list[str] = []
+        conditions.append(f"r.class IN ({', '.join(str(c) for c in STATUS_CLASSES[filters.status])})")
+    selected = ", ".join(("r.bucket", "r.caller", "r.route", "r.class", *(f"r.{c}" for c in columns)))
+    branches = [
+        f"SELECT {selected} FROM {table} r WHERE r.bucket >= {dialect.time(params, a)}"
+        f" AND r.bucket < {dialect.time(params, b)} AND {' AND '.join(conditions)}"
+        for table, a, b in parts
+    ]
+    source = " UNION ALL ".join(branches)
+    inner_keys = []
     if grouping.time is not None:
-        select.append(f"{dialect.epoch('r.bucket')} AS bucket")
-        groups.append("r.bucket")
+        inner_keys.append("r.bucket")
+    if {"key", "team"} & dims:
+        inner_keys.append("r.caller")
+    if {"model", "provider"} & dims:
+        inner_keys.append("r.route")
+    sums = [*(dialect.sum(f"r.{c}", c) for c in columns), *(dialect.sum(e, c) for e, c in _CLASS_SUMS)]
+    inner = f"SELECT {', '.join([*inner_keys, *sums])} FROM ({source}) r"
+    if inner_keys:
+        inner += " GROUP BY " + ", ".join(inner_keys)
+    if not inner_keys:
+        return inner, params
+    select: list[str] = []
+    groups: list[str] = []
+    if grouping.time is not None:
+        select.append(f"{dialect.epoch('a.bucket')} AS bucket")
+        groups.append("a.bucket")
+    joins = []
+    if {"key", "team"} & dims:
+        joins.append("JOIN usage_callers c ON c.id = a.caller")
+    if {"model", "provider"} & dims:
+        joins.append("JOIN usage_routes t ON t.id = a.route")
     for dimension in grouping.dimensions:
         expr = DIMENSIONS[dimension]
         select.append(f"{expr} AS {dimension}")
         groups.append(expr)
-    sql = f"SELECT {', '.join([*select, *_SUMS])} FROM ({source}) r {' '.join(joins)}"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    if groups:
-        sql += " GROUP BY " + ", ".join(groups)
-        if grouping.time is not None:
-            sql += " ORDER BY 1" + (", requests DESC" if grouping.dimensions else "")
-        else:
-            sql += f" ORDER BY requests DESC, {groups[0]}"
+    outer_sums = [dialect.sum(f"a.{c}", c) for c in (*columns, *_CLASS_COLUMNS)]
+    sql = f"SELECT {', '.join([*select, *outer_sums])} FROM ({inner}) a {' '.join(joins)}"
+    sql += " GROUP BY " + ", ".join(groups)
+    if grouping.time is not None:
+        sql += " ORDER BY 1" + (", requests DESC" if grouping.dimensions else "")
+    else:
+        sql += f" ORDER BY requests DESC, {groups[0]}"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     return sql, params
+
+
+def _ids(ids: Sequence[int]) -> str:
+    # Integers read from the store's own tables: safe to inline, and an IN list of
+    # literals lets both stores use the (caller, bucket) index.
+    return ", ".join(str(int(i)) for i in ids) or "NULL"
 
 
 def _number(value: Any) -> float:
@@ -211,14 +243,15 @@ def _stats(counts: Sequence[float], total: float, count: float) -> dict[str, flo
     }
 
 
-def shape(row: Mapping[str, Any]) -> dict[str, Any]:
+def shape(row: Any) -> dict[str, Any]:
     """The API's view of one aggregated row: totals, rates and percentiles."""
     requests = _number(row["requests"])
     ok = _number(row["ok"])
     server_errors = _number(row["server_errors"])
     client_errors = _number(row["client_errors"])
-    latency = [_number(row[c]) for c in LATENCY]
-    ttft = [_number(row[c]) for c in TTFT]
+    have_histograms = LATENCY[0] in row.keys()  # noqa: SIM118 (asyncpg's `in` looks at values)
+    latency = [_number(row[c]) for c in LATENCY] if have_histograms else []
+    ttft = [_number(row[c]) for c in TTFT] if have_histograms else []
     prompt, completion = int(_number(row["prompt_tokens"])), int(_number(row["completion_tokens"]))
     hits = _number(row["cache_hits"])
     return {
@@ -241,7 +274,7 @@ def shape(row: Mapping[str, Any]) -> dict[str, Any]:
         "availability": None if not requests else round(1 - server_errors / requests, 6),
         "latency_ms": _stats(latency, _number(row["latency_sum"]), requests),
         "ttft_ms": _stats(ttft, _number(row["ttft_sum"]), _number(row["ttft_count"])),
-        "latency_under_500ms": None if not requests else histogram.share_at_most(latency, 500),
+        "latency_under_500ms": histogram.share_at_most(latency, 500) if latency else None,
     }
 
 

@@ -200,8 +200,32 @@ class SqliteUsageStore:
     async def usage(
         self, filters: Filters, grouping: Grouping, limit: int | None = None
     ) -> list[dict[str, Any]]:
-        sql, params = build(_DIALECT, filters, grouping, limit=limit)
-        rows = await self._run(lambda: self.conn.execute(sql, params).fetchall())
+        def query() -> list[sqlite3.Row]:
+            callers = routes = None
+            if filters.per_caller:
+                callers = [
+                    r[0]
+                    for r in self.conn.execute(
+                        "SELECT id FROM usage_callers WHERE (?1 IS NULL OR key_id = ?1)"
+                        " AND (?2 IS NULL OR team_id = ?2)",
+                        (filters.key_id, filters.team_id),
+                    )
+                ]
+            if filters.model is not None or filters.provider is not None:
+                routes = [
+                    r[0]
+                    for r in self.conn.execute(
+                        "SELECT id FROM usage_routes WHERE (?1 IS NULL OR model = ?1)"
+                        " AND (?2 IS NULL OR provider = ?2)",
+                        (filters.model, filters.provider),
+                    )
+                ]
+            if callers == [] or routes == []:
+                return []
+            sql, params = build(_DIALECT, filters, grouping, callers=callers, routes=routes, limit=limit)
+            return self.conn.execute(sql, params).fetchall()
+
+        rows = await self._run(query)
         out = []
         for row in rows:
             if row["requests"] is None:

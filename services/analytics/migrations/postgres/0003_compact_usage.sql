@@ -116,6 +116,8 @@ CREATE TABLE usage_minute (
     t19 integer NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket, caller, route, class)
 ) PARTITION BY RANGE (bucket);
+-- A key's or a team's rows: by caller first (the primary key leads with the bucket).
+CREATE INDEX usage_minute_caller ON usage_minute (caller, bucket) WHERE caller <> 0;
 CREATE TABLE usage_hour (
     bucket timestamptz NOT NULL,
     caller integer NOT NULL,
@@ -178,6 +180,8 @@ CREATE TABLE usage_hour (
     t19 integer NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket, caller, route, class)
 ) PARTITION BY RANGE (bucket);
+-- A key's or a team's rows: by caller first (the primary key leads with the bucket).
+CREATE INDEX usage_hour_caller ON usage_hour (caller, bucket) WHERE caller <> 0;
 CREATE TABLE usage_day (
     bucket timestamptz NOT NULL,
     caller integer NOT NULL,
@@ -240,6 +244,8 @@ CREATE TABLE usage_day (
     t19 bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket, caller, route, class)
 );
+-- A key's or a team's rows: by caller first (the primary key leads with the bucket).
+CREATE INDEX usage_day_caller ON usage_day (caller, bucket) WHERE caller <> 0;
 
 -- The shape of version 1-2's table, for ad-hoc SQL and reports.
 CREATE VIEW usage_events AS

@@ -106,6 +106,8 @@ CREATE TABLE usage_minute (
     t19 INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket, caller, route, class)
 );
+-- A key's or a team's rows: by caller first (the primary key leads with the bucket).
+CREATE INDEX usage_minute_caller ON usage_minute (caller, bucket) WHERE caller <> 0;
 CREATE TABLE usage_hour (
     bucket INTEGER NOT NULL,
     caller integer NOT NULL,
@@ -168,6 +170,8 @@ CREATE TABLE usage_hour (
     t19 INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket, caller, route, class)
 );
+-- A key's or a team's rows: by caller first (the primary key leads with the bucket).
+CREATE INDEX usage_hour_caller ON usage_hour (caller, bucket) WHERE caller <> 0;
 CREATE TABLE usage_day (
     bucket INTEGER NOT NULL,
     caller integer NOT NULL,
@@ -230,6 +234,8 @@ CREATE TABLE usage_day (
     t19 INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket, caller, route, class)
 );
+-- A key's or a team's rows: by caller first (the primary key leads with the bucket).
+CREATE INDEX usage_day_caller ON usage_day (caller, bucket) WHERE caller <> 0;
 
 CREATE VIEW usage_events AS
 SELECT r.request_id, c.key_id, nullif(c.team_id, '') AS team_id, t.endpoint, t.model, t.provider,
