@@ -47,6 +47,7 @@ from services.router.stages import (
     Unlimited,
 )
 from services.router.stored import StoredCompletions
+from services.router.tracing import Tracing
 from services.router.usage import UsagePublisher
 
 
@@ -84,6 +85,7 @@ class Stages:
     admission: Admission | None = None
     cache: ResponseCache | None = None
     network: Transport | None = None  # the provider transport under the shared sender
+    tracing: Tracing | None = None  # default: built from `tracing:` when enabled
 
 
 def create_app(
@@ -146,6 +148,11 @@ def create_app(
                 await publisher.aclose()
 
             stack.push_async_callback(stop_publisher)
+            tracing = given.tracing
+            if tracing is None and config.tracing.enabled:
+                tracing = Tracing(config.tracing)
+            if tracing is not None:  # flushed after the last request has settled
+                stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
             background = Background(metrics)
             stack.push_async_callback(background.drain)  # runs before the publisher stops
             watch = asyncio.create_task(watch_helpers(clients, metrics), name="helper-probes")
@@ -178,6 +185,7 @@ def create_app(
                     access_log=config.server.access_log,
                     cache_enabled=given.cache is not None,
                     stored=stored,
+                    tracing=tracing,
                 ),
                 metrics=metrics,
                 redact=redact,

@@ -25,6 +25,7 @@ from services.router.usage import UsagePublisher
 
 if TYPE_CHECKING:  # stored.py uses the pipeline's responders, and the pipeline settles
     from services.router.stored import StoredCompletions
+    from services.router.tracing import Tracing
 
 log = logging.getLogger("gateway.router")
 access = logging.getLogger("gateway.access")
@@ -73,6 +74,7 @@ class Settler:
         access_log: bool = False,
         cache_enabled: bool = False,
         stored: StoredCompletions | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.publisher = publisher
         self.metrics = metrics
@@ -82,6 +84,7 @@ class Settler:
         self.access_log = access_log
         self.cache_enabled = cache_enabled
         self.stored = stored
+        self.tracing = tracing
 
     def settle(self, ex: Exchange) -> None:
         """Record the exchange; a second call does nothing."""
@@ -106,6 +109,12 @@ class Settler:
         if ex.cache is not None:  # served from the gateway's cache: nothing spent upstream
             cost, saved = (0.0 if cost is not None else None), cost
         self.metrics.account(ex, cost, saved, self.cache_enabled)
+        if self.tracing is not None:
+            try:
+                self.tracing.record(ex, ex.started + latency, cost)
+            except Exception as exc:  # a trace must never cost a usage record
+                self.metrics.stage_outcome("tracing", "failed")
+                log.warning("span not recorded", extra={"error": type(exc).__name__})
         event: UsageEvent = {
             "event_id": new_id(),
             "request_id": ex.request_id,
