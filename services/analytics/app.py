@@ -101,6 +101,12 @@ def create_app(
                     metrics.partitions_dropped.labels(table).inc(n)
                     log.info("retention dropped old data", extra={"table": table, "count": n})
 
+        async def import_legacy() -> None:
+            """Copy version 1's table into the new layout, a batch at a time, then stop."""
+            while (copied := await store.import_legacy()) > 0:
+                metrics.legacy_imported.inc(copied)
+                await asyncio.sleep(0)  # the consumer goes on meanwhile
+
         async def measure_lag() -> None:
             entries, seconds = await lag.measure(usage_stream)
             metrics.lag_entries.set(entries)
@@ -109,6 +115,9 @@ def create_app(
         chores = [
             asyncio.create_task(_every(MAINTAIN_EVERY_S, maintain, "retention"), name="analytics-retention"),
             asyncio.create_task(_every(LAG_EVERY_S, measure_lag, "lag"), name="analytics-lag"),
+            asyncio.create_task(
+                _every(MAINTAIN_EVERY_S, import_legacy, "legacy import"), name="legacy-import"
+            ),
         ]
         app.state.store, app.state.stream, app.state.consumer = store, usage_stream, consumer
         try:

@@ -82,6 +82,11 @@ class ConsumerMetrics:
             ["table"],
             registry=registry,
         )
+        self.legacy_imported = Counter(
+            "gateway_analytics_legacy_rows_imported_total",
+            "Rows of the version-1 usage table copied into the compact layout",
+            registry=registry,
+        )
         self.maintenance_failures = Counter(
             "gateway_analytics_maintenance_failures_total",
             "Runs of partition creation and retention that failed (retried)",

@@ -21,6 +21,7 @@ from services.analytics import partitions
 from services.analytics.query import Dialect, Filters, Grouping, build, shape
 from services.analytics.rollup import LAYERS, VALUES, Record, deltas
 from services.analytics.store import (
+    LEGACY_BATCH,
     MAX_DIMENSIONS_CACHED,
     CallerKey,
     CompletionQuery,
@@ -32,6 +33,7 @@ from services.analytics.store import (
     caller_of,
     day_start,
     digest,
+    legacy_event,
     migrations,
     month_start,
     refused,
@@ -350,6 +352,36 @@ class PostgresUsageStore:
         if any(dropped.values()):
             self._partitions.clear()
         return dropped
+
+    async def import_legacy(self, batch: int = LEGACY_BATCH) -> int:
+        async with self.pool.acquire() as conn:
+            if await conn.fetchval("SELECT to_regclass('usage_events_v1') IS NULL"):
+                return 0
+            state = await conn.fetchrow("SELECT after_time, after_id, done FROM usage_legacy_import")
+            if state is not None and state["done"]:
+                return 0
+            after_time = state["after_time"] if state is not None else None
+            after_id = state["after_id"] if state is not None else None
+            rows = await conn.fetch(
+                "SELECT * FROM usage_events_v1 WHERE $1::timestamptz IS NULL OR created_at > $1"
+                " OR (created_at = $1 AND event_id > $2) ORDER BY created_at, event_id LIMIT $3",
+                after_time,
+                after_id,
+                batch,
+            )
+        if rows:
+            await self.insert([legacy_event(r) for r in rows])  # idempotent: a crash here repeats nothing
+        last = rows[-1] if rows else None
+        await self.pool.execute(
+            "INSERT INTO usage_legacy_import (id, after_time, after_id, done) VALUES (true, $1, $2, $3)"
+            " ON CONFLICT (id) DO UPDATE SET after_time = coalesce(excluded.after_time,"
+            " usage_legacy_import.after_time), after_id = coalesce(excluded.after_id,"
+            " usage_legacy_import.after_id), done = excluded.done",
+            last["created_at"] if last is not None else None,
+            last["event_id"] if last is not None else None,
+            len(rows) < batch,
+        )
+        return len(rows)
 
     # -- stored completions -----------------------------------------------------------
 

@@ -19,6 +19,7 @@ import orjson
 from services.analytics.query import Dialect, Filters, Grouping, build, shape
 from services.analytics.rollup import LAYERS, VALUES, Record, deltas
 from services.analytics.store import (
+    LEGACY_BATCH,
     MAX_DIMENSIONS_CACHED,
     CallerKey,
     CompletionQuery,
@@ -28,6 +29,7 @@ from services.analytics.store import (
     StoredCompletion,
     caller_of,
     digest,
+    legacy_event,
     migrations,
     refused,
     route_of,
@@ -272,6 +274,38 @@ class SqliteUsageStore:
             return out
 
         return await self._run(delete)
+
+    async def import_legacy(self, batch: int = LEGACY_BATCH) -> int:
+        def read() -> list[sqlite3.Row]:
+            state = self.conn.execute("SELECT after_time, after_id, done FROM usage_legacy_import").fetchone()
+            if state is not None and state["done"]:
+                return []
+            after_time = state["after_time"] if state is not None else None
+            after_id = state["after_id"] if state is not None else None
+            return self.conn.execute(
+                "SELECT * FROM usage_events_v1 WHERE ?1 IS NULL OR created_at > ?1"
+                " OR (created_at = ?1 AND event_id > ?2) ORDER BY created_at, event_id LIMIT ?3",
+                (after_time, after_id, batch),
+            ).fetchall()
+
+        rows = await self._run(read)
+        if rows:
+            await self.insert([legacy_event(r) for r in rows])
+        last = rows[-1] if rows else None
+        args = (
+            last["created_at"] if last is not None else None,
+            last["event_id"] if last is not None else None,
+            int(len(rows) < batch),
+        )
+        await self._run(
+            lambda: self.conn.execute(
+                "INSERT INTO usage_legacy_import (id, after_time, after_id, done) VALUES (1, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET after_time = coalesce(excluded.after_time, after_time),"
+                " after_id = coalesce(excluded.after_id, after_id), done = excluded.done",
+                args,
+            )
+        )
+        return len(rows)
 
     # -- stored completions -----------------------------------------------------------
 

@@ -172,6 +172,41 @@ class CompletionQuery:
 
 
 ExpiredCallback = Callable[[int], None]
+LEGACY_BATCH = 5000
+
+
+def legacy_event(row: Any) -> UsageEvent:
+    """A row of version 1's `usage_events` (now `usage_events_v1`) as an event."""
+    created = row["created_at"]
+    return {
+        "event_id": row["event_id"],
+        "request_id": row["request_id"],
+        "key_id": row["key_id"],
+        "team_id": row["team_id"],
+        "endpoint": row["endpoint"],
+        "model": row["model"],
+        "provider": row["provider"],
+        "upstream_model": row["upstream_model"],
+        "prompt_tokens": row["prompt_tokens"],
+        "completion_tokens": row["completion_tokens"],
+        "estimated": bool(row["estimated"]),
+        "latency_ms": row["latency_ms"],
+        "ttft_ms": row["ttft_ms"],
+        "status": row["status"],
+        "error_code": row["error_code"],
+        "cached": bool(row["cached"]),
+        "stream": bool(row["stream"]),
+        "created_at": created if isinstance(created, float) else created.timestamp(),
+        "cached_tokens": 0,
+        "reasoning_tokens": 0,
+        "cost": None,
+        "saved_cost": None,
+        "cache": None,
+        "deployment": "",
+        "attempts": 0,
+        "route_reason": None,
+        "region": None,
+    }
 
 
 class UsageStore(Protocol):
@@ -187,6 +222,11 @@ class UsageStore(Protocol):
     ) -> list[dict[str, Any]]: ...
     async def maintain(self, now: float) -> dict[str, int]:
         """Create the partitions ahead, drop those past the retention; what was dropped."""
+        ...
+
+    async def import_legacy(self, batch: int = LEGACY_BATCH) -> int:
+        """Copy the next rows of version 1's table into the new layout (idempotent, resumable);
+        0 once everything is copied."""
         ...
 
     async def put_completion(self, completion: StoredCompletion) -> bool: ...

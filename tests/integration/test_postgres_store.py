@@ -138,20 +138,45 @@ async def test_old_months_are_partitions_and_retention_drops_them(pg_schema):
         await store.close()
 
 
-async def test_an_old_wide_table_is_renamed_not_dropped(pg_schema):
+async def test_the_version_1_table_is_kept_and_copied_into_the_new_layout(pg_schema):
+    """An installation of version 1 upgrades: its table is renamed (never dropped) and its
+    rows are copied, resumably and idempotently, into the compact tables and roll-ups."""
     conn = await asyncpg.connect(pg_schema)
+    tag = unique("legacy")
     try:
-        await conn.execute("CREATE TABLE usage_events (event_id text PRIMARY KEY)")
         await conn.execute(
             "CREATE TABLE schema_migrations (service TEXT, version INTEGER,"
             " applied_at TIMESTAMPTZ DEFAULT now(), PRIMARY KEY (service, version))"
         )
-        await conn.execute(
-            "INSERT INTO schema_migrations (service, version) VALUES ('analytics', 1), ('analytics', 2)"
-        )
+        for version, sql in migrations("postgres")[:2]:
+            await conn.execute(sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (service, version) VALUES ('analytics', $1)", version
+            )
+        now = time.time()
+        for i in range(7):
+            await conn.execute(
+                "INSERT INTO usage_events (event_id, request_id, key_id, team_id, endpoint, model, provider,"
+                " upstream_model, prompt_tokens, completion_tokens, latency_ms, ttft_ms, status, error_code,"
+                " cached, stream, created_at, estimated) VALUES ($1, $2, $3, 'team', 'chat.completions',"
+                " 'm', 'mock', 'm', $4, 5, 12.5, NULL, 200, NULL, false, false, $5, false)",
+                f"e-{i}",
+                f"{tag}-{i}",
+                tag,
+                10 + i,
+                datetime.fromtimestamp(now - i, UTC),
+            )
         store = await PostgresUsageStore.open(pg_schema)
-        await store.close()
-        assert await conn.fetchval("SELECT to_regclass('usage_events_v1') IS NOT NULL")
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM usage_events_v1") == 7
+            assert [await store.import_legacy(batch=3) for _ in range(4)] == [3, 3, 1, 0]
+            assert await store.import_legacy() == 0
+            rows = await conn.fetch("SELECT prompt_tokens, team_id FROM usage_events WHERE key_id = $1", tag)
+            assert sorted(r["prompt_tokens"] for r in rows) == list(range(10, 17))
+            assert {r["team_id"] for r in rows} == {"team"}
+            assert await conn.fetchval("SELECT sum(requests) FROM usage_day WHERE caller = 0") == 7
+        finally:
+            await store.close()
     finally:
         await conn.close()
 
