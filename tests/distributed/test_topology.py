@@ -196,3 +196,37 @@ def test_down_leaves_other_processes_alone(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+async def test_stored_completions_cross_the_network(cluster):
+    """store: true through the router, kept by the analytics process over HTTP, read back
+    through the router with the official client."""
+    tag = uuid.uuid4().hex[:12]
+    client = AsyncOpenAI(base_url=f"{router_url(cluster)}/v1", api_key=MASTER_KEY, max_retries=0)
+    try:
+        reply = await client.chat.completions.create(
+            model="mock-small", messages=[{"role": "user", "content": tag}], store=True, metadata={"tag": tag}
+        )
+        deadline = time.monotonic() + 20
+        while not (page := await client.chat.completions.list(metadata={"tag": tag})).data:
+            assert time.monotonic() < deadline, "the completion was not stored"
+            await asyncio.sleep(0.05)
+        assert [c.id for c in page.data] == [reply.id]
+        messages = await client.chat.completions.messages.list(reply.id)
+        assert [m.content for m in messages.data] == [tag]
+        assert (await client.chat.completions.delete(reply.id)).deleted
+    finally:
+        await client.close()
+
+
+async def test_every_service_counts_its_http_requests(cluster):
+    async with httpx.AsyncClient() as http:
+        for offset, name in enumerate(("router", "auth", "classifier", "cache", "analytics")):
+            url = f"http://127.0.0.1:{cluster['base'] + offset}"
+            await http.get(f"{url}/healthz")
+            page = (await http.get(f"{url}/metrics")).text
+            assert (
+                f'gateway_http_requests_total{{method="GET",route="/healthz",service="{name}",status="200"}}'
+                in page
+            )
+            assert "gateway_http_request_duration_seconds_bucket" in page
