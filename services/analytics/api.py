@@ -153,6 +153,14 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _cell(value: Any) -> Any:
+    # A text cell a spreadsheet would run as a formula (a model name a client made up
+    # reaches the store through a 404): prefixed with ' so that it stays text.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def csv_response(rows: list[dict[str, Any]], filename: str) -> Response:
     flat = [_flat(r) for r in rows]
     buffer = io.StringIO()
@@ -162,7 +170,7 @@ def csv_response(rows: list[dict[str, Any]], filename: str) -> Response:
         for row in flat:
             if "bucket" in row:
                 row["bucket"] = datetime.fromtimestamp(row["bucket"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            writer.writerow(row)
+            writer.writerow({k: _cell(v) for k, v in row.items()})
     return Response(
         buffer.getvalue(),
         media_type="text/csv; charset=utf-8",

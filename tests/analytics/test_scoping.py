@@ -52,6 +52,7 @@ async def api(tmp_path):
         events = [make_event(tag, i, key_id="red-1", team_id="red", cost=0.01) for i in range(3)]
         events += [make_event(tag, 3 + i, key_id="red-2", team_id="red", cost=0.01) for i in range(2)]
         events += [make_event(tag, 5 + i, key_id="blue-1", team_id="blue", cost=0.02) for i in range(4)]
+        events[5]["model"] = "=SUM(1)"  # as a client's unknown model name reaches the store (a 404)
         await stream.publish([orjson.dumps(e) for e in events])
         await wait_for(lambda: stream.backlog() == 0, what="the events to be stored")
 
@@ -144,3 +145,12 @@ async def test_stored_completions_are_scoped(api):
     assert (await get("/v1/chat/completions/chatcmpl-blue", "blue-admin")).status_code == 200
     everything = (await get("/v1/chat/completions", "admin")).json()["data"]
     assert {c["id"] for c in everything} == {"chatcmpl-red", "chatcmpl-blue"}
+
+
+async def test_csv_cells_that_look_like_formulas_stay_text(api):
+    get, _, _ = api
+    response = await get("/v1/usage", "admin", group_by="model", format="csv")
+    assert response.status_code == 200
+    cells = [line.split(",")[0] for line in response.text.splitlines()[1:]]
+    assert "'=SUM(1)" in cells
+    assert "=SUM(1)" not in cells
