@@ -138,7 +138,7 @@ class RetentionConfig(_Strict):
     are dropped when they pass the horizon: no bulk DELETE."""
 
     events_months: int = Field(default=13, ge=1, le=1200)  # usage events and stored completions
-    minute_rollup_days: int = Field(default=14, ge=1, le=3650)
+    minute_rollup_days: int = Field(default=3, ge=1, le=3650)  # recent charts; older edges use hours
     hour_rollup_months: int = Field(default=25, ge=1, le=1200)
     # Day roll-ups are a few rows per route and caller per day: kept.
 
