@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import orjson
 
 from services.analytics import partitions
+from services.analytics import postgres_completions as completions_sql
 from services.analytics.query import Dialect, Filters, Grouping, build, shape
 from services.analytics.rollup import LAYERS, VALUES, Record, deltas
 from services.analytics.store import (
@@ -383,86 +383,24 @@ class PostgresUsageStore:
         )
         return len(rows)
 
-    # -- stored completions -----------------------------------------------------------
+    # -- stored completions (postgres_completions.py) ---------------------------------
 
     async def put_completion(self, completion: StoredCompletion) -> bool:
         async with self.pool.acquire() as conn:
             await self._ensure(conn, {("stored_completions", month_start(completion.created_at))})
-            status = await conn.execute(
-                "INSERT INTO stored_completions (created_at, id, key_id, team_id, model, metadata,"
-                " request, response) SELECT $1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb"
-                # Once per id (a cache hit answers with the id of the completion it replays).
-                " WHERE NOT EXISTS (SELECT 1 FROM stored_completions WHERE id = $2)"
-                " ON CONFLICT DO NOTHING",
-                _time(completion.created_at),
-                completion.id,
-                completion.key_id,
-                completion.team_id or "",
-                completion.model,
-                orjson.dumps(completion.metadata).decode(),
-                orjson.dumps(completion.request).decode(),
-                orjson.dumps(completion.response).decode(),
-            )
-        return bool(status.endswith(" 1"))
-
-    @staticmethod
-    def _completion(row: asyncpg.Record) -> StoredCompletion:
-        return StoredCompletion(
-            id=row["id"],
-            created_at=row["created_at"].timestamp(),
-            key_id=row["key_id"],
-            team_id=row["team_id"] or None,
-            model=row["model"],
-            metadata=orjson.loads(row["metadata"]),
-            request=orjson.loads(row["request"]),
-            response=orjson.loads(row["response"]),
-        )
+            return await completions_sql.put(conn, completion)
 
     async def get_completion(self, completion_id: str) -> StoredCompletion | None:
-        row = await self.pool.fetchrow(
-            "SELECT * FROM stored_completions WHERE id = $1 ORDER BY created_at LIMIT 1", completion_id
-        )
-        return None if row is None else self._completion(row)
+        return await completions_sql.get(self.pool, completion_id)
 
     async def list_completions(self, query: CompletionQuery) -> tuple[list[StoredCompletion], bool]:
-        params: list[Any] = []
-        where = ["true"]
-        for column, value in (("key_id", query.key_id), ("team_id", query.team_id), ("model", query.model)):
-            if value is not None:
-                params.append(value)
-                where.append(f"{column} = ${len(params)}")
-        if query.metadata:
-            params.append(orjson.dumps(dict(query.metadata)).decode())
-            where.append(f"metadata @> ${len(params)}::jsonb")
-        direction = "<" if query.order == "desc" else ">"
-        if query.after is not None:
-            params.append(query.after)
-            n = len(params)
-            where.append(
-                f"(created_at, id) {direction} (SELECT created_at, id FROM stored_completions"
-                f" WHERE id = ${n} ORDER BY created_at LIMIT 1)"
-            )
-        order = "DESC" if query.order == "desc" else "ASC"
-        params.append(query.limit + 1)
-        rows = await self.pool.fetch(
-            f"SELECT * FROM stored_completions WHERE {' AND '.join(where)}"
-            f" ORDER BY created_at {order}, id {order} LIMIT ${len(params)}",
-            *params,
-        )
-        items = [self._completion(r) for r in rows[: query.limit]]
-        return items, len(rows) > query.limit
+        return await completions_sql.list_page(self.pool, query)
 
     async def update_completion(self, completion_id: str, metadata: dict[str, str]) -> bool:
-        status = await self.pool.execute(
-            "UPDATE stored_completions SET metadata = $2::jsonb WHERE id = $1",
-            completion_id,
-            orjson.dumps(metadata).decode(),
-        )
-        return not status.endswith(" 0")
+        return await completions_sql.update(self.pool, completion_id, metadata)
 
     async def delete_completion(self, completion_id: str) -> bool:
-        status = await self.pool.execute("DELETE FROM stored_completions WHERE id = $1", completion_id)
-        return not status.endswith(" 0")
+        return await completions_sql.delete(self.pool, completion_id)
 
     async def check(self) -> str:
         try:
