@@ -12,7 +12,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 LINT_PATHS := $(wildcard services tests bench)
 
-.PHONY: venv run test up down status lint format bench clean
+.PHONY: venv run test up down status lint format bench bench-analytics clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,7 @@ run: venv ## the embedded gateway: one process, no Redis/PostgreSQL, mock provid
 
 test: venv ## the whole suite; starts Redis/PostgreSQL where it can
 	@scripts/ensure-services
+	@scripts/ensure-tools
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
@@ -53,6 +54,10 @@ format: venv
 
 bench: venv
 	bench/run.sh
+
+bench-analytics: venv ## 10 million usage events in a database of their own; query times, sizes
+	PYTHONPATH=. $(BIN)/python bench/analytics_store.py
+	PYTHONPATH=. $(BIN)/python bench/tracing_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

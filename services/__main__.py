@@ -54,7 +54,7 @@ def _prepare_embedded_storage(settings: Settings) -> None:
     so they do not race to migrate it. Each worker's analytics consumer then writes its
     own events to the one file: SQLite serialises the writers (WAL, 5 s busy timeout),
     and a batch that still fails stays pending in that worker and is retried."""
-    from services.analytics.store import SqliteUsageStore
+    from services.analytics.sqlite import SqliteUsageStore
     from services.auth.database import open_database
 
     async def migrate() -> None:

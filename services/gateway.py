@@ -7,6 +7,9 @@ analytics writes to a SQLite file in the data folder.
 
 from __future__ import annotations
 
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
 from services.analytics import app as analytics_app
 from services.analytics.client import AnalyticsClient
 from services.auth import app as auth_app
@@ -55,7 +58,12 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
         lifecycle=lifecycle,
         counters=counters,
     )
-    # The analytics and admin APIs are reachable embedded too, on the same port.
+    # The analytics API is reachable embedded too, on the same port; /dashboard is its page.
     app.mount("/analytics", analytics)
     app.mount("/auth", auth)
+
+    async def dashboard(request: Request) -> Response:
+        return RedirectResponse("/analytics/dashboard", status_code=307)
+
+    app.add_route("/dashboard", dashboard, methods=["GET"])
     return app

@@ -68,3 +68,20 @@ def make_settings(tmp_path: Path, config_text: str = MOCK_ONLY, **changes: objec
         data_dir=tmp_path / "data",
     )
     return settings.replace(**changes) if changes else settings
+
+
+def with_search_path(dsn: str, schema: str) -> str:
+    """The DSN with its own search_path (asyncpg passes unknown parameters as server settings)."""
+    return f"{dsn}{'&' if '?' in dsn else '?'}search_path={schema}"
+
+
+@pytest.fixture
+async def pg_schema(pg) -> AsyncIterator[str]:
+    """A DSN whose tables live in a schema of their own, dropped afterwards: the
+    analytics tables are created there, never in the shared database's public schema."""
+    schema = unique("analytics_test").replace("-", "_")
+    await pg.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield with_search_path(DATABASE_URL, schema)
+    finally:
+        await pg.execute(f"DROP SCHEMA {schema} CASCADE")

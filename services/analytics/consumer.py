@@ -61,6 +61,37 @@ class ConsumerMetrics:
             "Age of the newest event in the last stored batch",
             registry=registry,
         )
+        self.lag_entries = Gauge(
+            "gateway_analytics_consumer_lag_entries",
+            "Stream entries not yet stored and acknowledged (waiting or pending)",
+            registry=registry,
+        )
+        self.lag_seconds = Gauge(
+            "gateway_analytics_consumer_lag_seconds",
+            "Age of the oldest stream entry not yet stored and acknowledged (0 when none)",
+            registry=registry,
+        )
+        self.expired = Counter(
+            "gateway_analytics_events_expired_total",
+            "Events older than the retention horizon, acknowledged without being stored",
+            registry=registry,
+        )
+        self.partitions_dropped = Counter(
+            "gateway_analytics_partitions_dropped_total",
+            "Partitions (or, embedded, rows) dropped by retention, by table",
+            ["table"],
+            registry=registry,
+        )
+        self.legacy_imported = Counter(
+            "gateway_analytics_legacy_rows_imported_total",
+            "Rows of the version-1 usage table copied into the compact layout",
+            registry=registry,
+        )
+        self.maintenance_failures = Counter(
+            "gateway_analytics_maintenance_failures_total",
+            "Runs of partition creation and retention that failed (retried)",
+            registry=registry,
+        )
 
 
 class UsageConsumer:

@@ -1,7 +1,13 @@
-"""Where usage events end up: PostgreSQL (asyncpg) or, embedded, a SQLite file.
+"""Where usage events end up: PostgreSQL (`postgres.py`) or, embedded, SQLite (`sqlite.py`).
 
-Inserts are idempotent on `event_id`, so a batch replayed after a crash between
-commit and acknowledgement adds nothing. Schema comes from versioned SQL files.
+Both keep the same contract and the same layout: an event is one narrow row whose
+strings live in two lookup tables (callers: key and team; routes: endpoint, model,
+provider, deployment...), and every stored event adds to the minute, hour and day
+roll-ups in the same transaction, so that summaries never read raw events.
+
+Inserts are idempotent on the event: (created_at, 64-bit hash of `event_id`) is
+unique, and only the events the insert reports as new reach the roll-ups, so a batch
+replayed after a crash between commit and acknowledgement adds nothing, anywhere.
 
 An insert fails in one of two ways, and the consumer treats them differently: the
 store refused the data (`RefusedEvents`: a value out of range, a constraint), which
@@ -11,40 +17,23 @@ disk, being migrated), which a retry later will.
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-from collections.abc import Sequence
+import calendar
+import dataclasses
+import hashlib
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import asyncpg
-import orjson
-
+from services.analytics.query import Filters, Grouping
+from services.analytics.rollup import CACHED, ESTIMATED, SEMANTIC, STREAM, Record
+from services.kernel.config import RetentionConfig
+from services.kernel.migrations import read_migrations
 from services.kernel.usage import UsageEvent
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-COLUMNS = (
-    "event_id",
-    "request_id",
-    "key_id",
-    "team_id",
-    "endpoint",
-    "model",
-    "provider",
-    "upstream_model",
-    "prompt_tokens",
-    "completion_tokens",
-    "estimated",
-    "latency_ms",
-    "ttft_ms",
-    "status",
-    "error_code",
-    "cached",
-    "stream",
-    "created_at",
-)
+MAX_REAL = 3.0e38  # PostgreSQL `real`: a latency past it would be refused, not stored
+MAX_DIMENSIONS_CACHED = 100_000
 
 
 class RefusedEvents(Exception):
@@ -52,234 +41,197 @@ class RefusedEvents(Exception):
     cannot succeed; the consumer splits it to find the events at fault."""
 
 
-def _refused(exc: BaseException) -> RefusedEvents:
+class StoreUnavailable(Exception):
+    """A transient condition (a partition dropped under an insert): retry the batch."""
+
+
+def refused(exc: BaseException) -> RefusedEvents:
     return RefusedEvents(f"{type(exc).__name__}: {exc}"[:1000])
 
 
 def migrations(dialect: str) -> list[tuple[int, str]]:
-    out = []
-    for path in sorted((MIGRATIONS / dialect).glob("*.sql")):
-        out.append((int(path.name.split("_", 1)[0]), path.read_text()))
-    return out
+    return read_migrations(MIGRATIONS, dialect)
+
+
+def event_hash(event_id: str) -> int:
+    """64 bits of BLAKE2b of the event id, signed (PostgreSQL `bigint`, SQLite INTEGER).
+
+    Unique together with `created_at` (microseconds): two different events collide
+    only if they share the microsecond and the 64-bit hash."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def digest(*parts: str) -> bytes:
+    return hashlib.blake2b("\x00".join(parts).encode(), digest_size=16).digest()
+
+
+CallerKey = tuple[str, str]  # (key_id, team_id or "")
+RouteKey = tuple[str, str, str, str, str, str, str]
+
+
+def caller_of(event: UsageEvent) -> CallerKey:
+    return (event["key_id"], event["team_id"] or "")
+
+
+def route_of(event: UsageEvent) -> RouteKey:
+    return (
+        event["endpoint"],
+        event["model"],
+        event["provider"],
+        event["upstream_model"],
+        event["deployment"],
+        event["route_reason"] or "",
+        event["region"] or "",
+    )
+
+
+def to_record(event: UsageEvent, caller: int, route: int) -> Record:
+    flags = (
+        (CACHED if event["cached"] else 0)
+        | (STREAM if event["stream"] else 0)
+        | (ESTIMATED if event["estimated"] else 0)
+        | (SEMANTIC if event["cache"] == "semantic" else 0)
+    )
+    ttft = event["ttft_ms"]
+    return Record(
+        created_at=float(event["created_at"]),
+        event_hash=event_hash(event["event_id"]),
+        caller=caller,
+        route=route,
+        status=event["status"],
+        flags=flags,
+        attempts=min(event["attempts"], 32767),
+        prompt_tokens=event["prompt_tokens"],
+        completion_tokens=event["completion_tokens"],
+        cached_tokens=event["cached_tokens"],
+        reasoning_tokens=event["reasoning_tokens"],
+        latency_ms=min(float(event["latency_ms"]), MAX_REAL),
+        ttft_ms=None if ttft is None else min(float(ttft), MAX_REAL),
+        cost=event["cost"],
+        saved_cost=event["saved_cost"],
+        error_code=event["error_code"],
+        request_id=event["request_id"],
+    )
+
+
+def month_start(epoch: float, back: int = 0) -> int:
+    """Unix time of the first second of the UTC month of `epoch`, `back` months earlier."""
+    t = datetime.fromtimestamp(epoch, UTC)
+    months = t.year * 12 + (t.month - 1) - back
+    return calendar.timegm((months // 12, months % 12 + 1, 1, 0, 0, 0))
+
+
+def day_start(epoch: float, back: int = 0) -> int:
+    return (int(epoch) // 86400 - back) * 86400
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Horizons:
+    """The oldest time each kind of data is kept from (unix seconds)."""
+
+    events: int
+    minute: int
+    hour: int
+
+    @classmethod
+    def at(cls, now: float, retention: RetentionConfig) -> Horizons:
+        return cls(
+            events=month_start(now, retention.events_months - 1),
+            minute=day_start(now, retention.minute_rollup_days - 1),
+            hour=month_start(now, retention.hour_rollup_months - 1),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredCompletion:
+    """A chat completion created with `store: true`."""
+
+    id: str
+    created_at: float
+    key_id: str
+    team_id: str | None
+    model: str
+    metadata: dict[str, str]
+    request: dict[str, Any]
+    response: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CompletionQuery:
+    """`GET /v1/chat/completions`: what to list, within the caller's scope."""
+
+    key_id: str | None = None  # scope: a member sees its own key's
+    team_id: str | None = None  # scope: a team admin sees its team's
+    model: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+    after: str | None = None
+    limit: int = 20
+    order: str = "asc"
+
+
+ExpiredCallback = Callable[[int], None]
+LEGACY_BATCH = 5000
+
+
+def legacy_event(row: Any) -> UsageEvent:
+    """A row of version 1's `usage_events` (now `usage_events_v1`) as an event."""
+    created = row["created_at"]
+    return {
+        "event_id": row["event_id"],
+        "request_id": row["request_id"],
+        "key_id": row["key_id"],
+        "team_id": row["team_id"],
+        "endpoint": row["endpoint"],
+        "model": row["model"],
+        "provider": row["provider"],
+        "upstream_model": row["upstream_model"],
+        "prompt_tokens": row["prompt_tokens"],
+        "completion_tokens": row["completion_tokens"],
+        "estimated": bool(row["estimated"]),
+        "latency_ms": row["latency_ms"],
+        "ttft_ms": row["ttft_ms"],
+        "status": row["status"],
+        "error_code": row["error_code"],
+        "cached": bool(row["cached"]),
+        "stream": bool(row["stream"]),
+        "created_at": created if isinstance(created, float) else created.timestamp(),
+        "cached_tokens": 0,
+        "reasoning_tokens": 0,
+        "cost": None,
+        "saved_cost": None,
+        "cache": None,
+        "deployment": "",
+        "attempts": 0,
+        "attempt_log": [],
+        "route_reason": None,
+        "region": None,
+    }
 
 
 class UsageStore(Protocol):
-    async def insert(self, events: Sequence[UsageEvent]) -> int: ...
-    async def summary(self, since: float | None, key_id: str | None) -> list[dict[str, Any]]: ...
-    async def events(self, request_id: str, limit: int) -> list[dict[str, Any]]: ...
+    async def insert(self, events: Sequence[UsageEvent]) -> int:
+        """Store new events (duplicates add nothing); the number of rows added."""
+        ...
+
+    async def usage(
+        self, filters: Filters, grouping: Grouping, limit: int | None = None
+    ) -> list[dict[str, Any]]: ...
+    async def events(
+        self, request_id: str, limit: int, *, key_id: str | None = None, team_id: str | None = None
+    ) -> list[dict[str, Any]]: ...
+    async def maintain(self, now: float) -> dict[str, int]:
+        """Create the partitions ahead, drop those past the retention; what was dropped."""
+        ...
+
+    async def import_legacy(self, batch: int = LEGACY_BATCH) -> int:
+        """Copy the next rows of version 1's table into the new layout (idempotent, resumable);
+        0 once everything is copied."""
+        ...
+
+    async def put_completion(self, completion: StoredCompletion) -> bool: ...
+    async def get_completion(self, completion_id: str) -> StoredCompletion | None: ...
+    async def list_completions(self, query: CompletionQuery) -> tuple[list[StoredCompletion], bool]: ...
+    async def update_completion(self, completion_id: str, metadata: dict[str, str]) -> bool: ...
+    async def delete_completion(self, completion_id: str) -> bool: ...
     async def check(self) -> str: ...
     async def close(self) -> None: ...
-
-
-_PG_INSERT = """
-INSERT INTO usage_events ({cols})
-SELECT * FROM unnest(
-    $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-    $9::int[], $10::int[], $11::bool[], $12::float8[], $13::float8[], $14::smallint[], $15::text[],
-    $16::bool[], $17::bool[], $18::timestamptz[]
-)
-ON CONFLICT (event_id) DO NOTHING
-""".format(cols=", ".join(COLUMNS))
-
-_SUMMARY = """
-SELECT model, provider, count(*) AS requests,
-       sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
-       sum(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS errors,
-       avg(latency_ms) AS avg_latency_ms
-FROM usage_events WHERE {where}
-GROUP BY model, provider ORDER BY requests DESC
-"""
-
-
-class PostgresUsageStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-
-    @classmethod
-    async def open(cls, dsn: str) -> PostgresUsageStore:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-        store = cls(pool)
-        await store.migrate()
-        return store
-
-    async def migrate(self) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            # One replica migrates at a time; the others wait, then find nothing to do.
-            await conn.execute("SELECT pg_advisory_xact_lock(8084001)")
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(service TEXT, version INTEGER, applied_at TIMESTAMPTZ DEFAULT now(),"
-                " PRIMARY KEY (service, version))"
-            )
-            done = {
-                r["version"]
-                for r in await conn.fetch("SELECT version FROM schema_migrations WHERE service = 'analytics'")
-            }
-            for version, sql in migrations("postgres"):
-                if version not in done:
-                    await conn.execute(sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (service, version) VALUES ('analytics', $1)",
-                        version,
-                    )
-
-    async def insert(self, events: Sequence[UsageEvent]) -> int:
-        if not events:
-            return 0
-        columns: list[list[Any]] = [[] for _ in COLUMNS]
-        try:
-            for event in events:
-                for i, name in enumerate(COLUMNS):
-                    value: Any = event[name]  # type: ignore[literal-required]
-                    if name == "created_at":
-                        value = datetime.fromtimestamp(value, UTC)
-                    columns[i].append(value)
-        except (ValueError, OverflowError, OSError) as exc:  # a time Python cannot represent
-            raise _refused(exc) from exc
-        try:
-            status = await self.pool.execute(_PG_INSERT, *columns)
-        # Class 22 (data exception: out of range, bad encoding) and class 23 (integrity
-        # constraint). Every other error, a lost connection or a full disk on the server
-        # among them, means "try again later".
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            raise _refused(exc) from exc
-        return int(status.rsplit(" ", 1)[1])
-
-    async def summary(self, since: float | None, key_id: str | None) -> list[dict[str, Any]]:
-        where: list[str] = ["true"]
-        args: list[object] = []
-        if since is not None:
-            args.append(datetime.fromtimestamp(since, UTC))
-            where.append(f"created_at >= ${len(args)}")
-        if key_id is not None:
-            args.append(key_id)
-            where.append(f"key_id = ${len(args)}")
-        rows = await self.pool.fetch(_SUMMARY.format(where=" AND ".join(where)), *args)
-        return [dict(r) for r in rows]
-
-    async def events(self, request_id: str, limit: int) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch(
-            f"SELECT {', '.join(COLUMNS)} FROM usage_events WHERE request_id = $1"
-            " ORDER BY created_at LIMIT $2",
-            request_id,
-            limit,
-        )
-        out = []
-        for r in rows:
-            row = dict(r)
-            row["created_at"] = row["created_at"].timestamp()
-            out.append(row)
-        return out
-
-    async def check(self) -> str:
-        try:
-            await self.pool.fetchval("SELECT 1")
-        except (OSError, asyncpg.PostgresError) as exc:
-            return f"postgres unreachable: {type(exc).__name__}"
-        return "ok"
-
-    async def close(self) -> None:
-        await self.pool.close()
-
-
-# ON CONFLICT on the key only: OR IGNORE would also skip rows that break any other
-# constraint, silently. ("WHERE true" lets SQLite parse the upsert after a SELECT.)
-_SQLITE_INSERT = (
-    f"INSERT INTO usage_events ({', '.join(COLUMNS)}) SELECT "
-    + ", ".join(f"json_extract(value, '$.{c}')" for c in COLUMNS)  # true/false → 1/0
-    + " FROM json_each(?) WHERE true ON CONFLICT (event_id) DO NOTHING"
-)
-
-
-class SqliteUsageStore:
-    """Embedded storage: one SQLite file, touched only from a worker thread."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.lock = asyncio.Lock()
-
-    @classmethod
-    async def open(cls, path: Path) -> SqliteUsageStore:
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-        def connect() -> sqlite3.Connection:
-            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
-            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for version, sql in migrations("sqlite"):
-                if version not in done:
-                    conn.executescript(
-                        f"BEGIN; {sql}; INSERT INTO schema_migrations VALUES ({version:d}); COMMIT;"
-                    )
-            conn.row_factory = sqlite3.Row
-            return conn
-
-        return cls(await asyncio.to_thread(connect))
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        async with self.lock:
-            return await asyncio.to_thread(fn, *args)
-
-    async def insert(self, events: Sequence[UsageEvent]) -> int:
-        if not events:
-            return 0
-        # One JSON parameter, unpacked by SQLite's json_each: the per-row work runs in C
-        # with the GIL released, so the embedded gateway's event loop is not held up
-        # (executemany converted every row in Python, a visible share of the p99).
-        batch = orjson.dumps(events)
-
-        def write() -> int:
-            before = self.conn.total_changes
-            self.conn.execute("BEGIN")
-            try:
-                self.conn.execute(_SQLITE_INSERT, (batch,))
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
-            return self.conn.total_changes - before
-
-        try:
-            return int(await self._run(write))
-        # A constraint or a value SQLite cannot hold; OperationalError (locked, disk
-        # full, I/O) is the store being unavailable, retried later.
-        except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError) as exc:
-            raise _refused(exc) from exc
-
-    async def summary(self, since: float | None, key_id: str | None) -> list[dict[str, Any]]:
-        where: list[str] = ["1"]
-        args: list[object] = []
-        if since is not None:
-            where.append("created_at >= ?")
-            args.append(since)
-        if key_id is not None:
-            where.append("key_id = ?")
-            args.append(key_id)
-        sql = _SUMMARY.format(where=" AND ".join(where))
-        rows = await self._run(lambda: self.conn.execute(sql, args).fetchall())
-        return [dict(r) for r in rows]
-
-    async def events(self, request_id: str, limit: int) -> list[dict[str, Any]]:
-        sql = (
-            f"SELECT {', '.join(COLUMNS)} FROM usage_events WHERE request_id = ? ORDER BY created_at LIMIT ?"
-        )
-        rows = await self._run(lambda: self.conn.execute(sql, (request_id, limit)).fetchall())
-        out = []
-        for r in rows:
-            row = dict(r)
-            for flag in ("cached", "stream", "estimated"):
-                row[flag] = bool(row[flag])
-            out.append(row)
-        return out
-
-    async def check(self) -> str:
-        try:
-            await self._run(lambda: self.conn.execute("SELECT 1").fetchone())
-        except sqlite3.Error as exc:
-            return f"sqlite error: {type(exc).__name__}"
-        return "ok"
-
-    async def close(self) -> None:
-        await self._run(self.conn.close)

@@ -15,15 +15,17 @@ import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
+from services.kernel.migrations import migrate_postgres, read_migrations
+from services.kernel.offload import in_thread
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE = "auth"
-_MIGRATION_LOCK = 8081001  # pg_advisory_xact_lock id: one replica migrates at a time
 _PG_EPOCH = 946_684_800  # 2000-01-01 in unix seconds: PostgreSQL's timestamp origin
 
 Row = dict[str, Any]
@@ -32,10 +34,7 @@ T = TypeVar("T")
 
 def migrations(dialect: str) -> list[tuple[int, str]]:
     """(version, SQL) of every migration file of `dialect`, in order."""
-    return [
-        (int(path.name.split("_", 1)[0]), path.read_text())
-        for path in sorted((MIGRATIONS / dialect).glob("*.sql"))
-    ]
+    return read_migrations(MIGRATIONS, dialect)
 
 
 class Connection(Protocol):
@@ -109,21 +108,8 @@ class PostgresDatabase(_PgConn):
         return db
 
     async def migrate(self) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(service TEXT, version INTEGER, applied_at TIMESTAMPTZ DEFAULT now(),"
-                " PRIMARY KEY (service, version))"
-            )
-            rows = await conn.fetch("SELECT version FROM schema_migrations WHERE service = $1", SERVICE)
-            done = {r["version"] for r in rows}
-            for version, sql in migrations("postgres"):
-                if version not in done:
-                    await conn.execute(sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (service, version) VALUES ($1, $2)", SERVICE, version
-                    )
+        async with self.pool.acquire() as conn:
+            await migrate_postgres(conn, SERVICE, migrations("postgres"))
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -152,19 +138,6 @@ def _sqlite_args(args: Sequence[Any]) -> list[Any]:
     return [int(a) if isinstance(a, bool) else a for a in args]
 
 
-async def _in_thread(fn: Callable[[], T]) -> T:
-    """Run `fn` in a worker thread; if the caller is cancelled, still wait for the thread
-    before giving up, so that nobody (closing the connection, say) touches the SQLite
-    connection while a statement runs on it: that crashes the process."""
-    task = asyncio.ensure_future(asyncio.to_thread(fn))
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await task
-        raise
-
-
 class _SqliteConn:
     """Runs statements on the one SQLite connection from a worker thread."""
 
@@ -173,7 +146,7 @@ class _SqliteConn:
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         query, params = _sqlite_sql(sql), _sqlite_args(args)
-        rows = await _in_thread(lambda: self.db.conn.execute(query, params).fetchall())
+        rows = await in_thread(lambda: self.db.conn.execute(query, params).fetchall())
         return [dict(r) for r in rows]
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
@@ -182,7 +155,7 @@ class _SqliteConn:
 
     async def execute(self, sql: str, *args: Any) -> int:
         query, params = _sqlite_sql(sql), _sqlite_args(args)
-        return await _in_thread(lambda: self.db.conn.execute(query, params).rowcount)
+        return await in_thread(lambda: self.db.conn.execute(query, params).rowcount)
 
 
 class SqliteDatabase(_SqliteConn):
@@ -235,13 +208,13 @@ class SqliteDatabase(_SqliteConn):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         async with self.lock:
-            await _in_thread(lambda: self.conn.execute("BEGIN IMMEDIATE"))
+            await in_thread(lambda: self.conn.execute("BEGIN IMMEDIATE"))
             try:
                 yield _SqliteConn(self)
             except BaseException:
-                await _in_thread(lambda: self.conn.execute("ROLLBACK"))
+                await in_thread(lambda: self.conn.execute("ROLLBACK"))
                 raise
-            await _in_thread(lambda: self.conn.execute("COMMIT"))
+            await in_thread(lambda: self.conn.execute("COMMIT"))
 
     async def check(self) -> str:
         try:
@@ -252,7 +225,7 @@ class SqliteDatabase(_SqliteConn):
 
     async def close(self) -> None:
         async with self.lock:
-            await _in_thread(self.conn.close)
+            await in_thread(self.conn.close)
 
 
 async def open_database(database_url: str | None, data_dir: Path) -> Database:

@@ -338,6 +338,45 @@ class ResilienceConfig(_Strict):
     max_attempts: int = Field(default=10, ge=1, le=100)  # tries of one request, all deployments together
 
 
+class RetentionConfig(_Strict):
+    """How long analytics keeps what it stores (docs/analytics.md). Whole partitions
+    are dropped when they pass the horizon: no bulk DELETE."""
+
+    events_months: int = Field(default=13, ge=1, le=1200)  # usage events and stored completions
+    minute_rollup_days: int = Field(default=3, ge=1, le=3650)  # recent charts; older edges use hours
+    hour_rollup_months: int = Field(default=25, ge=1, le=1200)
+    # Day roll-ups are a few rows per route and caller per day: kept.
+
+
+class TargetsConfig(_Strict):
+    """Service targets shown on the dashboard and in the summary (and in deploy/prometheus)."""
+
+    availability: float = Field(default=0.999, gt=0, lt=1)  # share of requests without a 5xx
+    latency_p99_ms: float = Field(default=500.0, gt=0)
+    cache_hit_rate: float = Field(default=0.30, ge=0, le=1)
+
+
+class AnalyticsConfig(_Strict):
+    """The analytics service: retention, service targets, stored completions."""
+
+    retention: RetentionConfig = RetentionConfig()
+    targets: TargetsConfig = TargetsConfig()
+    dashboard_refresh_s: int = Field(default=30, ge=5, le=3600)
+    # `store: true` on a chat completion keeps the request and the answer (retention:
+    # `retention.events_months`); off, the field is accepted and nothing is stored.
+    store_completions: bool = True
+    max_stored_bytes: int = Field(default=4 << 20, ge=1024, le=64 << 20)  # request + answer
+
+
+class TracingConfig(_Strict):
+    """OpenTelemetry traces (off by default; docs/analytics.md#traces)."""
+
+    enabled: bool = False
+    otlp_endpoint: str | None = Field(default=None, min_length=1, max_length=2048)  # .../v1/traces
+    service_name: str = Field(default="llm-gateway", min_length=1, max_length=256)
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+
 class GatewayConfig(_Strict):
     """The whole file."""
 
@@ -345,6 +384,8 @@ class GatewayConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     usage: UsageConfig = UsageConfig()
     resilience: ResilienceConfig = ResilienceConfig()
+    analytics: AnalyticsConfig = AnalyticsConfig()
+    tracing: TracingConfig = TracingConfig()
     models: tuple[ModelConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -64,6 +65,54 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class HttpMetricsMiddleware:
+    """Requests and their latency by route template (never the raw path: bounded) and status."""
+
+    def __init__(self, app: ASGIApp, service: str, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.service = service
+        self.requests = Counter(
+            "gateway_http_requests_total",
+            "HTTP requests answered by the service's routes (the router's model endpoints are"
+            " counted in gateway_requests_total), by route template, method and status",
+            ["service", "route", "method", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "gateway_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template",
+            ["service", "route"],
+            buckets=_HTTP_BUCKETS,
+            registry=registry,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            template = str(getattr(route, "path", "")) or "unmatched"
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            self.requests.labels(self.service, template, method, str(status)).inc()
+            self.duration.labels(self.service, template).observe(time.perf_counter() - started)
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
@@ -151,4 +200,8 @@ def build_app(
     app.service_name = name
     app.registries = [registry]
     app.add_middleware(RequestIdMiddleware)
+    if process_metrics:
+        # Per process, like the process collector: an app embedded in another (the gateway's
+        # helpers) is counted by its host, so one scrape never repeats a metric family.
+        app.add_middleware(HttpMetricsMiddleware, service=name, registry=registry)
     return app

@@ -53,6 +53,8 @@ from services.router.stages import (
     ResponseCache,
     Unlimited,
 )
+from services.router.stored import StoredCompletions
+from services.router.tracing import Tracing
 from services.router.usage import UsagePublisher
 
 log = logging.getLogger("gateway.router")
@@ -92,6 +94,7 @@ class Stages:
     admission: Admission | None = None
     cache: ResponseCache | None = None
     network: Transport | None = None  # the provider transport under the shared sender
+    tracing: Tracing | None = None  # default: built from `tracing:` when enabled
 
 
 def create_app(
@@ -161,6 +164,11 @@ def create_app(
                 await publisher.aclose()
 
             stack.push_async_callback(stop_publisher)
+            tracing = given.tracing
+            if tracing is None and config.tracing.enabled:
+                tracing = Tracing(config.tracing)
+            if tracing is not None:  # flushed after the last request has settled
+                stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
             background = Background(metrics)
             stack.push_async_callback(background.drain)  # runs before the publisher stops
             watch = asyncio.create_task(watch_helpers(clients, metrics), name="helper-probes")
@@ -173,6 +181,14 @@ def create_app(
                 for dep in deps:
                     metrics.circuit(dep, "closed")
             cache = given.cache or NoCache()
+            stored = StoredCompletions(
+                clients.analytics if isinstance(clients.analytics, AnalyticsClient) else None,
+                authenticator,
+                metrics,
+                key=settings.master_key,
+                enabled=config.analytics.store_completions,
+                max_bytes=config.analytics.max_stored_bytes,
+            )
             pipeline = Pipeline(
                 authenticator=authenticator,
                 resolver=given.resolver or CatalogResolver(catalog),
@@ -188,6 +204,8 @@ def create_app(
                     background,
                     access_log=config.server.access_log,
                     cache_enabled=given.cache is not None,
+                    stored=stored,
+                    tracing=tracing,
                 ),
                 metrics=metrics,
                 redact=redact,
@@ -197,7 +215,7 @@ def create_app(
             )
             owners = {name: deps[0].provider for name, deps in catalog.models.items()}
             owners |= {alias: owners[name] for alias, name in catalog.aliases.items()}
-            yield {"pipeline": pipeline, "models": ModelCards(pipeline, owners)}
+            yield {"pipeline": pipeline, "models": ModelCards(pipeline, owners), "completions": stored}
 
     async def ready() -> dict[str, str]:
         return {"models": "ok" if catalog.models else "no model has a usable deployment"}
@@ -209,7 +227,12 @@ def create_app(
     routes = []
     for prefix in ("/v1", ""):
         routes += [
-            Route(f"{prefix}/chat/completions", answered_by_ingress, methods=["POST"]),
+            Route(f"{prefix}/chat/completions", answered_by_ingress, methods=["GET", "POST"]),
+            Route(
+                f"{prefix}/chat/completions/{{rest:path}}",
+                answered_by_ingress,
+                methods=["GET", "POST", "DELETE"],
+            ),
             Route(f"{prefix}/embeddings", answered_by_ingress, methods=["POST"]),
             Route(f"{prefix}/messages", answered_by_ingress, methods=["POST"]),
             Route(f"{prefix}/messages/count_tokens", answered_by_ingress, methods=["POST"]),

@@ -20,6 +20,7 @@ from services.kernel.ids import new_id
 from services.kernel.service import ServiceApp
 from services.router.pipeline import Pipeline, send_error, send_json
 from services.router.routing import not_found
+from services.router.stored import StoredCompletions, is_stored_path
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _MODELS = ("/v1/models", "/models")
@@ -32,6 +33,7 @@ class RouterState(TypedDict):
 
     pipeline: Pipeline
     models: ModelCards
+    completions: StoredCompletions
 
 
 class ModelCards:
@@ -102,7 +104,23 @@ class RouterApp(ServiceApp):
             ):
                 await self._serve(endpoint, scope, receive, send)
                 return
+            if is_stored_path(method, path):
+                await self._serve_stored(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
+
+    async def _serve_stored(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The stored-completion endpoints (`stored.py`), answered by analytics."""
+        request_id = request_id_of(scope)
+        state = cast(dict[str, Any], scope.get("state") or {})
+        if "completions" not in state:
+            await send_error(send, ServiceUnavailable("The gateway is starting."), request_id, str)
+            return
+        typed = cast(RouterState, state)
+        try:
+            await typed["completions"].serve(scope, receive, send, request_id)
+        except GatewayError as exc:
+            await send_error(send, exc, request_id, typed["pipeline"].redact)
 
     async def _serve(self, endpoint: str | None, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = request_id_of(scope)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.kernel.config import Deployment
+from services.router.requeststats import LATENCY_BUCKETS as _LATENCY_BUCKETS
 from services.router.requeststats import RequestStats
 
 if TYPE_CHECKING:
@@ -25,6 +26,13 @@ _STATUSES = frozenset(
 
 
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+# Error codes of admission refusals (the rate-limit and budget stages) → a bounded label.
+_REJECTIONS = {
+    "rate_limit_exceeded": "rate_limit",
+    "budget_exceeded": "budget",
+    "insufficient_quota": "budget",
+}
 
 
 def status_label(status: int) -> str:
@@ -88,6 +96,51 @@ class RouterMetrics:
             registry=registry,
         )
         self._attempt_children: dict[tuple[str, str], Any] = {}
+        self.cost = Counter(
+            "gateway_cost_total",
+            "What answered requests cost, in the configured price's currency (USD by convention)",
+            ["model", "provider"],
+            registry=registry,
+        )
+        self.saved_cost = Counter(
+            "gateway_saved_cost_total",
+            "What cache hits would have cost upstream",
+            ["model"],
+            registry=registry,
+        )
+        self.unpriced = Counter(
+            "gateway_unpriced_requests_total",
+            "Requests whose deployment has no configured price (their cost is unknown, not zero)",
+            ["model"],
+            registry=registry,
+        )
+        self.cache_results = Counter(
+            "gateway_cache_requests_total",
+            "Chat requests looked up in the response cache, by result: exact, semantic, miss",
+            ["result"],
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_request_duration_seconds",
+            "Time of one upstream attempt, by provider, deployment and outcome (ok, error)",
+            ["provider", "deployment", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.deployment_ttft = Histogram(
+            "gateway_deployment_time_to_first_token_seconds",
+            "Streaming: time from request to the first chunk sent, by provider and deployment",
+            ["provider", "deployment"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.admission_rejections = Counter(
+            "gateway_admission_rejections_total",
+            "Requests refused before any upstream call by rate limits or budgets, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self._children: dict[tuple[Any, ...], Any] = {}  # label children, looked up once each
 
     def record(self, ex: Exchange, latency: float, ttft: float | None) -> None:
         """Count one finished model request."""
@@ -103,6 +156,38 @@ class RouterMetrics:
             usage.prompt_tokens,
             usage.completion_tokens,
         )
+        for attempt in ex.attempts:
+            d = attempt.deployment
+            outcome = "ok" if 200 <= attempt.status < 300 else "error"
+            self._child(self.upstream_duration, d.provider, d.name, outcome).observe(attempt.seconds)
+        if ttft is not None and dep is not None and ex.cache is None:
+            self._child(self.deployment_ttft, dep.provider, dep.name).observe(ttft)
+        if ex.status == 429 and not ex.attempts and ex.cache is None:
+            self._child(self.admission_rejections, _REJECTIONS.get(ex.error_code or "", "other")).inc()
+
+    def account(self, ex: Exchange, cost: float | None, saved: float | None, cache_enabled: bool) -> None:
+        """Cost and cache outcome of a settled request (label values from configuration)."""
+        if ex.route is None:
+            return
+        model = ex.route.model
+        dep = ex.deployment
+        if cost is None:
+            if ex.status == 200:
+                self._child(self.unpriced, model).inc()
+        elif cost:
+            self._child(self.cost, model, dep.provider if dep is not None else NONE).inc(cost)
+        if saved:
+            self._child(self.saved_cost, model).inc(saved)
+        if cache_enabled and ex.endpoint == "chat.completions" and (ex.cache is not None or ex.status == 200):
+            self._child(self.cache_results, ex.cache if ex.cache in ("exact", "semantic") else "miss").inc()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """The labelled child, looked up once per combination (label values are bounded)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def attempt(self, dep: Deployment, status: int) -> None:
         key = (dep.name, status_label(status))

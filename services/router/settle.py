@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.kernel.ids import new_id
 from services.kernel.pricing import cost_of
@@ -22,6 +22,10 @@ from services.router.exchange import Exchange
 from services.router.metrics import RouterMetrics
 from services.router.stages import Admission, ResponseCache
 from services.router.usage import UsagePublisher
+
+if TYPE_CHECKING:  # stored.py uses the pipeline's responders, and the pipeline settles
+    from services.router.stored import StoredCompletions
+    from services.router.tracing import Tracing
 
 log = logging.getLogger("gateway.router")
 access = logging.getLogger("gateway.access")
@@ -69,6 +73,8 @@ class Settler:
         *,
         access_log: bool = False,
         cache_enabled: bool = False,
+        stored: StoredCompletions | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.publisher = publisher
         self.metrics = metrics
@@ -77,6 +83,8 @@ class Settler:
         self.background = background
         self.access_log = access_log
         self.cache_enabled = cache_enabled
+        self.stored = stored
+        self.tracing = tracing
 
     def settle(self, ex: Exchange) -> None:
         """Record the exchange; a second call does nothing."""
@@ -100,6 +108,13 @@ class Settler:
         saved = None
         if ex.cache is not None:  # served from the gateway's cache: nothing spent upstream
             cost, saved = (0.0 if cost is not None else None), cost
+        self.metrics.account(ex, cost, saved, self.cache_enabled)
+        if self.tracing is not None:
+            try:
+                self.tracing.record(ex, ex.started + latency, cost)
+            except Exception as exc:  # a trace must never cost a usage record
+                self.metrics.stage_outcome("tracing", "failed")
+                log.warning("span not recorded", extra={"error": type(exc).__name__})
         event: UsageEvent = {
             "event_id": new_id(),
             "request_id": ex.request_id,
@@ -137,3 +152,5 @@ class Settler:
             self.background.run("admission", self.admission.settle(ex), essential=True)
         if self.cache_enabled and ex.completion is not None and ex.status == 200 and ex.cache is None:
             self.background.run("cache_store", self.cache.store(ex), essential=False)
+        if self.stored is not None and self.stored.wanted(ex):  # `store: true`, kept by analytics
+            self.background.run("store_completion", self.stored.store(ex), essential=False)

@@ -63,9 +63,9 @@ class Made:
                 self.kids.add(data["kid"])
 
 
-async def purge(made: Made, redis_prefix: str | None = None) -> None:
+async def purge(made: Made, redis_prefix: str | None = None, dsn: str = DATABASE_URL) -> None:
     """Delete every row (audit entries too, through the retention switch) and Redis entry."""
-    conn = await asyncpg.connect(DATABASE_URL)
+    conn = await asyncpg.connect(dsn)
     try:
         ids = [*made.teams, *made.users, *made.keys]
         actors = [*made.keys, *(f"user:{u}" for u in made.users)]

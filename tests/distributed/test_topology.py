@@ -9,13 +9,14 @@ import sys
 import time
 import uuid
 
+import asyncpg
 import httpx
 import pytest
 import redis as sync_redis
 from openai import AsyncOpenAI
 
 from services import topology
-from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL
+from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL, with_search_path
 from tests.integration.streams import wait_settled
 
 
@@ -46,6 +47,8 @@ def free_port_base() -> int:
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("topology")
     stream = f"test:usage:{uuid.uuid4().hex[:8]}"
+    schema = f"topology_{uuid.uuid4().hex[:8]}"  # its tables, away from the shared schema
+    asyncio.run(_sql(f"CREATE SCHEMA {schema}"))
     config = tmp / "gateway.yaml"
     config.write_text(
         f"""
@@ -62,7 +65,7 @@ models:
         "GATEWAY_MASTER_KEY": MASTER_KEY,
         "GATEWAY_DATA_DIR": str(tmp / "data"),
         "REDIS_URL": REDIS_URL,
-        "DATABASE_URL": DATABASE_URL,
+        "DATABASE_URL": with_search_path(DATABASE_URL, schema),
     }
     base = free_port_base()
     run_dir = tmp / "run"
@@ -72,11 +75,20 @@ models:
     try:
         started = subprocess.run([*command, "up", *where], env=env, capture_output=True, text=True)
         assert started.returncode == 0, started.stderr + started.stdout
-        yield {"base": base, "stream": stream, "run_dir": run_dir}
+        yield {"base": base, "stream": stream, "run_dir": run_dir, "dsn": env["DATABASE_URL"]}
     finally:
         subprocess.run([*command, "down", *where], env=env, capture_output=True, check=True)
         assert not list(run_dir.glob("*.pid"))
         sync_redis.from_url(REDIS_URL).delete(stream, f"{stream}:dead")
+        asyncio.run(_sql(f"DROP SCHEMA {schema} CASCADE"))
+
+
+async def _sql(statement: str) -> None:
+    conn = await asyncpg.connect(DATABASE_URL)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 def router_url(cluster) -> str:
@@ -111,7 +123,7 @@ async def test_every_service_is_up_with_probes_and_metrics(cluster):
         assert len(up) == 4, text
 
 
-async def test_n_requests_give_exactly_n_usage_rows(cluster, pg, redis):
+async def test_n_requests_give_exactly_n_usage_rows(cluster, redis):
     prefix = f"dist-{uuid.uuid4().hex[:10]}"
     n = 30
     client = AsyncOpenAI(base_url=f"{router_url(cluster)}/v1", api_key=MASTER_KEY, max_retries=0)
@@ -141,6 +153,7 @@ async def test_n_requests_give_exactly_n_usage_rows(cluster, pg, redis):
     finally:
         await client.close()
     query = "SELECT count(*) FROM usage_events WHERE request_id LIKE $1"
+    pg = await asyncpg.connect(cluster["dsn"])
     try:
         deadline = time.monotonic() + 30
         while (rows := await pg.fetchval(query, f"{prefix}-%")) < n and time.monotonic() < deadline:
@@ -164,7 +177,7 @@ async def test_n_requests_give_exactly_n_usage_rows(cluster, pg, redis):
         assert response.status_code == 200
         assert response.json()["data"][0]["model"] == "mock-small"
     finally:
-        await pg.execute("DELETE FROM usage_events WHERE request_id LIKE $1", f"{prefix}-%")
+        await pg.close()
 
 
 async def test_errors_keep_the_openai_shape(cluster):
@@ -190,3 +203,38 @@ def test_down_leaves_other_processes_alone(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+async def test_stored_completions_cross_the_network(cluster):
+    """store: true through the router, kept by the analytics process over HTTP, read back
+    through the router with the official client."""
+    tag = uuid.uuid4().hex[:12]
+    client = AsyncOpenAI(base_url=f"{router_url(cluster)}/v1", api_key=MASTER_KEY, max_retries=0)
+    try:
+        reply = await client.chat.completions.create(
+            model="mock-small", messages=[{"role": "user", "content": tag}], store=True, metadata={"tag": tag}
+        )
+        deadline = time.monotonic() + 20
+        while not (page := await client.chat.completions.list(metadata={"tag": tag})).data:
+            assert time.monotonic() < deadline, "the completion was not stored"
+            await asyncio.sleep(0.05)
+        assert [c.id for c in page.data] == [reply.id]
+        messages = await client.chat.completions.messages.list(reply.id)
+        assert [m.content for m in messages.data] == [tag]
+        assert (await client.chat.completions.delete(reply.id)).deleted
+    finally:
+        await client.close()
+
+
+async def test_every_service_counts_its_http_requests(cluster):
+    metrics_ports = topology.metrics_ports(cluster["base"])
+    async with httpx.AsyncClient() as http:
+        for offset, name in enumerate(("router", "auth", "classifier", "cache", "analytics")):
+            url = f"http://127.0.0.1:{cluster['base'] + offset}"
+            await http.get(f"{url}/healthz")
+            page = (await http.get(f"http://127.0.0.1:{metrics_ports[name]}/metrics")).text
+            assert (
+                f'gateway_http_requests_total{{method="GET",route="/healthz",service="{name}",status="200"}}'
+                in page
+            )
+            assert "gateway_http_request_duration_seconds_bucket" in page

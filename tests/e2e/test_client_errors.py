@@ -260,8 +260,8 @@ async def test_unknown_route_is_404(http, method, path):
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", CHAT),
-        ("PUT", CHAT),
+        ("PUT", CHAT),  # (GET lists stored completions)
+        ("DELETE", CHAT),
         ("GET", EMBEDDINGS),
         ("POST", "/v1/models"),
         ("DELETE", "/v1/models/mock-small"),
@@ -274,7 +274,7 @@ async def test_wrong_method_is_405(http, method, path):
 
 async def test_405_names_the_allowed_methods(http):
     """RFC 9110 §15.5.6: a 405 response must carry an Allow header."""
-    response = await http.get(CHAT)
+    response = await http.put(CHAT)
     assert response.status_code == 405
     assert "POST" in response.headers.get("allow", "")
 

@@ -81,7 +81,7 @@ async def test_request_id_is_echoed_or_generated(http):
         ("POST", CHAT, {"model": "nope", "messages": user("x")}, 404),
         ("POST", CHAT, {"model": "mock-small"}, 400),
         ("GET", "/v1/not-a-route", None, 404),
-        ("GET", CHAT, None, 405),
+        ("PUT", CHAT, None, 405),
         ("POST", CHAT, {"model": "up-error-500", "messages": user("x")}, 502),
     ],
 )

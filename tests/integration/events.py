@@ -28,6 +28,15 @@ def make_event(tag: str, i: int = 0, **changes: object) -> UsageEvent:
         "cached": False,
         "stream": False,
         "created_at": time.time(),
+        "cached_tokens": 0,
+        "reasoning_tokens": 0,
+        "cost": None,
+        "saved_cost": None,
+        "cache": None,
+        "deployment": "mock-small/0",
+        "attempts": 1,
+        "route_reason": None,
+        "region": None,
     }
     event.update(changes)  # type: ignore[typeddict-item]
     return event

@@ -16,12 +16,16 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 
 from services.kernel.stream import RedisUsageStream
+from services.router.metrics import RouterMetrics
+from services.router.spool import Spool
+from services.router.usage import UsagePublisher
 from tests.conftest import MASTER_KEY, unique
 from tests.integration.events import make_event
 from tests.integration.servers import RedisServer, free_port
-from tests.integration.streams import wait_for, wait_settled
+from tests.integration.streams import stream_settled, wait_for, wait_settled
 
 ROOT = Path(__file__).resolve().parents[2]
 STREAM = "gateway:usage"
@@ -180,9 +184,10 @@ async def test_dead_letter_api_lists_and_replays(api):
     stream = RedisUsageStream(redis, STREAM, "analytics")
     tag = unique("dlapi")
     constraint = f"no_{tag.replace('-', '_')}"
-    await conn.execute(f"ALTER TABLE usage_events ADD CONSTRAINT {constraint} CHECK (model <> '{tag}')")
-    events = [make_event(tag, i) for i in range(5)]
-    events[1]["model"] = tag  # refused by the store
+    await conn.execute(
+        f"ALTER TABLE usage_records ADD CONSTRAINT {constraint} CHECK (request_id <> '{tag}-1')"
+    )
+    events = [make_event(tag, i) for i in range(5)]  # the second is refused by the store
     events[3]["status"] = 999  # refused by decoding
     await stream.publish([orjson.dumps(e) for e in events])
     await wait_settled(redis, STREAM)
@@ -201,7 +206,7 @@ async def test_dead_letter_api_lists_and_replays(api):
         assert constraint in refused["reason"]
         assert listing["total"] >= 2
 
-        await conn.execute(f"ALTER TABLE usage_events DROP CONSTRAINT {constraint}")
+        await conn.execute(f"ALTER TABLE usage_records DROP CONSTRAINT {constraint}")
         replay = await http.post("/v1/usage/dead-letters/replay", json={"ids": [refused["id"]]})
         assert replay.status_code == 200, replay.text
         assert replay.json()["replayed"] == 1
@@ -258,3 +263,77 @@ async def test_dead_letter_api_needs_the_key(served):
         assert (await http.get("/v1/usage/dead-letters")).status_code == 401
         bad = {"authorization": "Bearer wrong-key"}
         assert (await http.post("/v1/usage/dead-letters/replay", json={}, headers=bad)).status_code == 401
+
+
+async def test_redis_and_analytics_killed_during_a_burst_leave_one_row_per_request(
+    private_redis, private_pg, tmp_path
+):
+    """A router publishing a burst; Redis is killed and restarted, and so is the analytics
+    process (SIGKILL) while Redis is down; every request still has exactly one row, and
+    the roll-ups count each exactly once."""
+    process = AnalyticsProcess(tmp_path, private_redis.url, private_pg.dsn)
+    process.start()
+    router_redis = aioredis.from_url(
+        private_redis.url, socket_timeout=2.0, socket_connect_timeout=1.0, retry=None
+    )
+    spool = Spool(tmp_path / "spool")
+    publisher = UsagePublisher(
+        RedisUsageStream(router_redis, STREAM, "analytics"),
+        spool,
+        RouterMetrics(CollectorRegistry()),
+        flush_interval=0.005,
+        max_batch=16,
+        replay_every=0.2,
+    )
+    task = asyncio.create_task(publisher.run())
+    conn = await asyncpg.connect(private_pg.dsn)
+    tag = unique("burst")
+    emitted = 0
+
+    async def burst(n: int) -> None:
+        nonlocal emitted
+        for _ in range(n):
+            publisher.emit(make_event(tag, emitted, cost=0.001))
+            emitted += 1
+            if emitted % 10 == 0:
+                await asyncio.sleep(0.002)
+
+    try:
+        await burst(300)
+        private_redis.kill()
+        await burst(200)  # spooled by the router
+        process.kill()  # with whatever it had read and not acknowledged
+        await burst(100)
+        private_redis.start()
+        await burst(100)
+        process.start()
+        await burst(100)
+        await wait_for(lambda: _at_least(conn, tag, emitted), what=f"{emitted} rows", deadline=90)
+
+        async def settled() -> bool:
+            if publisher._buffer or spool.has_events():
+                return False
+            check = aioredis.from_url(private_redis.url)
+            try:
+                return await stream_settled(check, STREAM)
+            finally:
+                await check.aclose()
+
+        await wait_for(settled, what="the router, the spool and the stream to be empty", deadline=60)
+        assert await count(conn, tag) == emitted
+        distinct = "SELECT count(DISTINCT request_id) FROM usage_events WHERE key_id = $1"
+        assert await conn.fetchval(distinct, tag) == emitted
+        for layer in ("minute", "hour", "day"):
+            rolled = await conn.fetchval(
+                f"SELECT sum(r.requests) FROM usage_{layer} r JOIN usage_callers c ON c.id = r.caller"
+                " WHERE c.key_id = $1",
+                tag,
+            )
+            assert rolled == emitted, layer
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await publisher.aclose()
+        await router_redis.aclose()
+        await conn.close()
+        process.close()

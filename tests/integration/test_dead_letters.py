@@ -15,7 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.analytics.consumer import ConsumerMetrics, UsageConsumer
-from services.analytics.store import PostgresUsageStore, SqliteUsageStore
+from services.analytics.postgres import PostgresUsageStore
+from services.analytics.sqlite import SqliteUsageStore
 from services.kernel.stream import DeadLetter, MemoryUsageStream, RedisUsageStream
 from tests.conftest import DATABASE_URL, MASTER_KEY, unique
 from tests.integration.events import make_event
@@ -47,14 +48,17 @@ def dead_lettered(consumer: UsageConsumer, stage: str) -> float:
 
 async def test_an_event_the_store_refuses_is_split_out_dead_lettered_and_replayable(redis, schema_store):
     store = schema_store
-    await store.pool.execute("ALTER TABLE usage_events ADD CONSTRAINT no_poison CHECK (model <> 'poison')")
+    # A constraint the store enforces plays a store that refuses some events.
+    await store.pool.execute(
+        "ALTER TABLE usage_records ADD CONSTRAINT no_poison CHECK (request_id NOT LIKE 'poison-%')"
+    )
     name, tag = unique("test:usage"), unique("refused")
     stream = RedisUsageStream(redis, name, "analytics")
     consumer = UsageConsumer(stream, store, ConsumerMetrics(CollectorRegistry()), name="c1", block_ms=50)
     events = [make_event(tag, i) for i in range(30)]
     poisoned = {3, 29}
     for i in poisoned:
-        events[i]["model"] = "poison"
+        events[i]["request_id"] = f"poison-{tag}-{i}"
     await stream.ensure_group()
     for start in range(0, 30, 10):
         await stream.publish([orjson.dumps(e) for e in events[start : start + 10]])
@@ -64,14 +68,17 @@ async def test_an_event_the_store_refuses_is_split_out_dead_lettered_and_replaya
         count = "SELECT count(*) FROM usage_events WHERE key_id = $1"
         assert await store.pool.fetchval(count, tag) == 28
         dead = await stream.dead_letters(count=10)
-        assert {orjson.loads(d.data)["request_id"] for _, d in dead} == {f"{tag}-3", f"{tag}-29"}
+        assert {orjson.loads(d.data)["request_id"] for _, d in dead} == {
+            f"poison-{tag}-3",
+            f"poison-{tag}-29",
+        }
         assert {d.stage for _, d in dead} == {"refused"}
         assert all("no_poison" in d.reason for _, d in dead)
         assert dead_lettered(consumer, "refused") == 2
         assert consumer.metrics.failures._value.get() == 0  # data errors are not store outages
 
         # The cause is fixed; the dead letters go back through the stream, once.
-        await store.pool.execute("ALTER TABLE usage_events DROP CONSTRAINT no_poison")
+        await store.pool.execute("ALTER TABLE usage_records DROP CONSTRAINT no_poison")
         assert await stream.replay_dead_letters([eid for eid, _ in dead]) == 2
         assert await stream.replay_dead_letters([eid for eid, _ in dead]) == 0  # already moved
         await wait_settled(redis, name)
@@ -117,11 +124,12 @@ async def test_a_stopped_postgres_leaves_every_entry_pending_and_nothing_dead(re
         await redis.delete(name, f"{name}:dead")
 
 
-async def test_an_entry_is_not_acknowledged_until_its_dead_letters_are_kept(redis, pg):
+async def test_an_entry_is_not_acknowledged_until_its_dead_letters_are_kept(redis, pg_schema):
     """The dead-letter key is unusable (wrong type): the entry stays pending, and
     nothing is lost; once the key is usable the dead letter is kept and the entry acked."""
     name, tag = unique("test:usage"), unique("dlfirst")
-    store = await PostgresUsageStore.open(DATABASE_URL)
+    store = await PostgresUsageStore.open(pg_schema)
+    pg = store.pool
     stream = RedisUsageStream(redis, name, "analytics")
     consumer = UsageConsumer(stream, store, ConsumerMetrics(CollectorRegistry()), name="c1", block_ms=50)
     await redis.set(stream.dead_letter, "in the way")
@@ -141,7 +149,6 @@ async def test_an_entry_is_not_acknowledged_until_its_dead_letters_are_kept(redi
         await asyncio.gather(task, return_exceptions=True)
         await store.close()
         await redis.delete(name, stream.dead_letter)
-        await pg.execute("DELETE FROM usage_events WHERE key_id = $1", tag)
 
 
 async def test_redis_dead_letters_are_bounded(redis):
@@ -172,14 +179,14 @@ async def test_the_embedded_stream_dead_letters_too_and_keeps_them_on_disk(tmp_p
     db_path, dl_path = tmp_path / "gateway.db", tmp_path / "usage-dead-letters.jsonl"
     store = await SqliteUsageStore.open(db_path)
     store.conn.execute(
-        "CREATE TRIGGER no_poison BEFORE INSERT ON usage_events WHEN NEW.model = 'poison'"
+        "CREATE TRIGGER no_poison BEFORE INSERT ON usage_records WHEN NEW.request_id LIKE 'poison-%'"
         " BEGIN SELECT RAISE(ABORT, 'no_poison'); END"
     )
     tag = unique("embedded")
     stream = MemoryUsageStream(dead_letter_path=dl_path, dead_letter_max=100)
     consumer = UsageConsumer(stream, store, ConsumerMetrics(CollectorRegistry()), name="gw", block_ms=20)
     first = [make_event(tag, i) for i in range(10)]
-    first[4]["model"] = "poison"
+    first[4]["request_id"] = f"poison-{tag}-4"
     first[7]["status"] = 999
     await stream.publish([orjson.dumps(e) for e in first])
     await stream.publish([orjson.dumps(make_event(tag, i)) for i in range(10, 15)])
@@ -189,8 +196,8 @@ async def test_the_embedded_stream_dead_letters_too_and_keeps_them_on_disk(tmp_p
         assert sqlite_rows(db_path, tag) == 13
         dead = await stream.dead_letters(count=10)
         assert sorted((orjson.loads(d.data)["request_id"], d.stage) for _, d in dead) == [
-            (f"{tag}-4", "refused"),
             (f"{tag}-7", "invalid"),
+            (f"poison-{tag}-4", "refused"),
         ]
         assert dead_lettered(consumer, "refused") == dead_lettered(consumer, "invalid") == 1
 

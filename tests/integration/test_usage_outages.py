@@ -13,12 +13,13 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from services.analytics.consumer import ConsumerMetrics, UsageConsumer
-from services.analytics.store import PostgresUsageStore, UsageStore
+from services.analytics.postgres import PostgresUsageStore
+from services.analytics.store import UsageStore
 from services.kernel.stream import RedisUsageStream
 from services.router.metrics import RouterMetrics
 from services.router.spool import Spool
 from services.router.usage import UsagePublisher
-from tests.conftest import DATABASE_URL, unique
+from tests.conftest import unique
 from tests.integration.events import make_event
 from tests.integration.streams import stream_settled, wait_for
 
@@ -113,8 +114,8 @@ async def assert_exactly_once(pipeline: Pipeline, conn: asyncpg.Pool | asyncpg.C
     assert pipeline.consumer.metrics.stored._value.get() == n
 
 
-async def test_redis_killed_and_restarted(private_redis, pg, tmp_path):
-    store = await PostgresUsageStore.open(DATABASE_URL)
+async def test_redis_killed_and_restarted(private_redis, pg_schema, tmp_path):
+    store = await PostgresUsageStore.open(pg_schema)
     pipeline = Pipeline(private_redis.url, store, tmp_path / "spool")
     try:
         await pipeline.start()
@@ -128,18 +129,17 @@ async def test_redis_killed_and_restarted(private_redis, pg, tmp_path):
         await pipeline.emit(50)
         private_redis.start()
         await pipeline.emit(100)
-        await assert_exactly_once(pipeline, pg)
+        await assert_exactly_once(pipeline, store.pool)
         assert pipeline.router_sample("gateway_usage_events_total", outcome="replayed") > 0
     finally:
         await pipeline.close()
         await store.close()
-        await pg.execute("DELETE FROM usage_events WHERE key_id = $1", pipeline.tag)
 
 
-async def test_redis_paused(private_redis, pg, tmp_path):
+async def test_redis_paused(private_redis, pg_schema, tmp_path):
     """A paused Redis times writes out, and may apply them when it resumes: those events
     are both in the stream and in the spool, and still give one row each."""
-    store = await PostgresUsageStore.open(DATABASE_URL)
+    store = await PostgresUsageStore.open(pg_schema)
     pipeline = Pipeline(private_redis.url, store, tmp_path / "spool")
     try:
         await pipeline.start()
@@ -155,11 +155,10 @@ async def test_redis_paused(private_redis, pg, tmp_path):
         finally:
             private_redis.resume()
         await pipeline.emit(100)
-        await assert_exactly_once(pipeline, pg)
+        await assert_exactly_once(pipeline, store.pool)
     finally:
         await pipeline.close()
         await store.close()
-        await pg.execute("DELETE FROM usage_events WHERE key_id = $1", pipeline.tag)
 
 
 async def test_postgres_stopped_and_started(private_redis, private_pg, tmp_path):

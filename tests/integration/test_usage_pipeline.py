@@ -9,12 +9,12 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from services.analytics.consumer import ConsumerMetrics, UsageConsumer
-from services.analytics.store import PostgresUsageStore
+from services.analytics.postgres import PostgresUsageStore
 from services.kernel.stream import RedisUsageStream
 from services.router.metrics import RouterMetrics
 from services.router.spool import Spool
 from services.router.usage import UsagePublisher
-from tests.conftest import DATABASE_URL, unique
+from tests.conftest import unique
 from tests.integration.events import make_event
 from tests.integration.streams import stream_events, wait_for, wait_settled
 
@@ -31,10 +31,10 @@ async def wait_rows(pg, tag: str, n: int, deadline: float = 20.0) -> int:
 
 
 @pytest.fixture
-async def pipeline(redis, pg):
+async def pipeline(redis, pg_schema):
     name = unique("test:usage")
     tag = unique("pipeline")
-    store = await PostgresUsageStore.open(DATABASE_URL)
+    store = await PostgresUsageStore.open(pg_schema)
     stream = RedisUsageStream(redis, name, "analytics")
     consumer = UsageConsumer(stream, store, ConsumerMetrics(CollectorRegistry()), name="c1", block_ms=50)
     task = asyncio.create_task(consumer.run())
@@ -44,11 +44,11 @@ async def pipeline(redis, pg):
     await asyncio.gather(task, return_exceptions=True)
     await store.close()
     await redis.delete(name, f"{name}:dead")
-    await pg.execute("DELETE FROM usage_events WHERE key_id = $1", tag)
 
 
-async def test_n_events_give_exactly_n_rows_even_when_redelivered(pipeline, pg):
+async def test_n_events_give_exactly_n_rows_even_when_redelivered(pipeline):
     stream, tag, consumer = pipeline
+    pg = consumer.store.pool
     events = [make_event(tag, i) for i in range(200)]
     await stream.publish([orjson.dumps(e) for e in events])
     await stream.publish([orjson.dumps(e) for e in events[:50]])  # a replayed spool, say
@@ -58,8 +58,9 @@ async def test_n_events_give_exactly_n_rows_even_when_redelivered(pipeline, pg):
     assert consumer.metrics.stored._value.get() == 200
 
 
-async def test_bad_entries_are_rejected_without_stopping_the_consumer(pipeline, pg):
+async def test_bad_entries_are_rejected_without_stopping_the_consumer(pipeline):
     stream, tag, consumer = pipeline
+    pg = consumer.store.pool
     await stream.publish([b"not json", orjson.dumps({"event_id": "x"}), orjson.dumps(make_event(tag))])
     assert await wait_rows(pg, tag, 1) == 1
     await wait_settled(stream.redis, stream.stream)
@@ -71,10 +72,11 @@ async def test_bad_entries_are_rejected_without_stopping_the_consumer(pipeline, 
     ]
 
 
-async def test_an_out_of_range_event_does_not_hold_up_the_ones_behind_it(pipeline, pg):
+async def test_an_out_of_range_event_does_not_hold_up_the_ones_behind_it(pipeline):
     """2^31 prompt tokens: PostgreSQL's integer refuses it. It goes to the dead-letter
     stream; its neighbours in the same entry and every later entry are stored."""
     stream, tag, consumer = pipeline
+    pg = consumer.store.pool
     poison = make_event(tag, 5, prompt_tokens=2**31)
     first = [make_event(tag, i) for i in range(5)] + [poison] + [make_event(tag, i) for i in range(6, 10)]
     await stream.publish([orjson.dumps(e) for e in first])
@@ -93,9 +95,10 @@ async def test_an_out_of_range_event_does_not_hold_up_the_ones_behind_it(pipelin
     assert dead_lettered == 1
 
 
-async def test_events_stay_pending_while_the_store_fails(redis, pg):
+async def test_events_stay_pending_while_the_store_fails(redis, pg_schema):
     name, tag = unique("test:usage"), unique("pipeline")
-    store = await PostgresUsageStore.open(DATABASE_URL)
+    store = await PostgresUsageStore.open(pg_schema)
+    pg = store.pool
     stream = RedisUsageStream(redis, name, "analytics")
     real_insert = store.insert
     failures = 0
@@ -125,7 +128,6 @@ async def test_events_stay_pending_while_the_store_fails(redis, pg):
     finally:
         await store.close()
         await redis.delete(name, f"{name}:dead")
-        await pg.execute("DELETE FROM usage_events WHERE key_id = $1", tag)
 
 
 async def test_publisher_spools_while_redis_is_down_and_replays(redis, tmp_path):

@@ -1,0 +1,113 @@
+"""Roll-ups: per minute, hour and day, the sums every summary needs, kept as events arrive.
+
+A stored event adds to two rows of each layer: its own caller's (key and team) and
+the "all callers" row (caller 0), both keyed by (bucket, caller, route, status
+class). Summaries over everyone read the caller-0 rows, which stay few however
+many keys there are; summaries for a key or a team read that caller's rows. Raw
+events are never scanned for a summary.
+
+The deltas are computed here, in Python, from the events the insert reported as
+new (duplicates add nothing), and upserted in the same transaction as the events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from services.analytics.histogram import BUCKETS, bucket_of
+
+LAYERS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
+"""Layer name → bucket width in seconds (buckets are aligned to UTC)."""
+
+KEY = ("bucket", "caller", "route", "class")
+COUNTERS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost",  # of the requests with a known price
+    "unpriced",  # requests whose deployment has no configured price
+    "saved_cost",
+    "cache_hits",
+    "cache_semantic",
+    "estimated",
+    "streams",
+    "latency_sum",
+    "ttft_sum",
+    "ttft_count",
+)
+LATENCY = tuple(f"l{i:02d}" for i in range(BUCKETS))
+TTFT = tuple(f"t{i:02d}" for i in range(BUCKETS))
+VALUES = COUNTERS + LATENCY + TTFT
+FLOAT_VALUES = frozenset({"cost", "saved_cost", "latency_sum", "ttft_sum"})
+
+# Flags of a stored event (one smallint in the row).
+CACHED, STREAM, ESTIMATED, SEMANTIC = 1, 2, 4, 8
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Record:
+    """One event as stored: dimensions resolved to ids, flags packed."""
+
+    created_at: float
+    event_hash: int
+    caller: int
+    route: int
+    status: int
+    flags: int
+    attempts: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    latency_ms: float
+    ttft_ms: float | None
+    cost: float | None
+    saved_cost: float | None
+    error_code: str | None
+    request_id: str
+
+
+RollupKey = tuple[int, int, int, int]  # (bucket start, caller, route, status class)
+
+
+def deltas(records: Iterable[Record], width: int) -> dict[RollupKey, list[float]]:
+    """The amounts to add to each roll-up row of the layer `width` seconds wide."""
+    out: dict[RollupKey, list[float]] = {}
+    n_counters = len(COUNTERS)
+    for r in records:
+        bucket = int(r.created_at // width) * width
+        status_class = r.status // 100
+        for caller in (r.caller, 0):
+            key = (bucket, caller, r.route, status_class)
+            row = out.get(key)
+            if row is None:
+                row = out[key] = [0] * len(VALUES)
+            row[0] += 1
+            row[1] += r.prompt_tokens
+            row[2] += r.completion_tokens
+            row[3] += r.cached_tokens
+            row[4] += r.reasoning_tokens
+            if r.cost is None:
+                row[6] += 1
+            else:
+                row[5] += r.cost
+            if r.saved_cost is not None:
+                row[7] += r.saved_cost
+            if r.flags & CACHED:
+                row[8] += 1
+                if r.flags & SEMANTIC:
+                    row[9] += 1
+            if r.flags & ESTIMATED:
+                row[10] += 1
+            if r.flags & STREAM:
+                row[11] += 1
+            row[12] += r.latency_ms
+            row[n_counters + bucket_of(r.latency_ms)] += 1
+            if r.ttft_ms is not None:
+                row[13] += r.ttft_ms
+                row[14] += 1
+                row[n_counters + BUCKETS + bucket_of(r.ttft_ms)] += 1
+    return out

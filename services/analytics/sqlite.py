@@ -1,0 +1,393 @@
+"""The embedded store: the PostgreSQL layout in one SQLite file, without partitions.
+
+Same tables, same roll-ups, same queries (`query.py` speaks both dialects). Retention
+deletes rows here, which is fine at the size an embedded gateway reaches. The file
+is touched only from a worker thread, one call at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from services.analytics.query import Dialect, Filters, Grouping, build, shape
+from services.analytics.rollup import LAYERS, VALUES, Record, deltas
+from services.analytics.store import (
+    LEGACY_BATCH,
+    MAX_DIMENSIONS_CACHED,
+    CallerKey,
+    CompletionQuery,
+    ExpiredCallback,
+    Horizons,
+    RouteKey,
+    StoredCompletion,
+    caller_of,
+    digest,
+    legacy_event,
+    migrations,
+    refused,
+    route_of,
+    to_record,
+)
+from services.kernel.config import RetentionConfig
+from services.kernel.offload import in_thread
+from services.kernel.usage import UsageEvent
+
+T = TypeVar("T")
+_DIALECT = Dialect("sqlite")
+_RECORD_COLUMNS = (
+    "created_at, event_hash, caller, route, prompt_tokens, completion_tokens, latency_ms, status, flags,"
+    " attempts, cached_tokens, reasoning_tokens, ttft_ms, cost, saved_cost, error_code, request_id"
+)
+_INSERT_RECORD = (
+    f"INSERT INTO usage_records ({_RECORD_COLUMNS}) SELECT "
+    # The hash travels as text: SQLite's JSON reads a large integer as a float.
+    + ", ".join("CAST(value ->> 1 AS INTEGER)" if i == 1 else f"value ->> {i}" for i in range(17))
+    + " FROM json_each(?) WHERE true ON CONFLICT DO NOTHING"
+    # (The hash as text again: returned as a number, it comes back rounded to a float.)
+    " RETURNING created_at, printf('%d', event_hash)"
+)
+
+
+def _upsert(table: str) -> str:
+    columns = ["bucket", "caller", "route", "class", *VALUES]
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        " ON CONFLICT (bucket, caller, route, class) DO UPDATE SET "
+        + ", ".join(f"{v} = {v} + excluded.{v}" for v in VALUES)
+    )
+
+
+_UPSERTS = {layer: _upsert(f"usage_{layer}") for layer in LAYERS}
+
+
+def _row(r: Record) -> tuple[Any, ...]:
+    return (
+        r.created_at,
+        str(r.event_hash),
+        r.caller,
+        r.route,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.latency_ms,
+        r.status,
+        r.flags,
+        r.attempts,
+        r.cached_tokens or None,
+        r.reasoning_tokens or None,
+        r.ttft_ms,
+        r.cost,
+        r.saved_cost,
+        r.error_code,
+        r.request_id,
+    )
+
+
+class SqliteUsageStore:
+    """Embedded storage: one SQLite file, touched only from a worker thread."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, retention: RetentionConfig, on_expired: ExpiredCallback | None = None
+    ) -> None:
+        self.conn = conn
+        self.retention = retention
+        self.on_expired = on_expired
+        self.lock = asyncio.Lock()
+        self._callers: dict[CallerKey, int] = {}
+        self._routes: dict[RouteKey, int] = {}
+
+    @classmethod
+    async def open(
+        cls, path: Path, retention: RetentionConfig | None = None, on_expired: ExpiredCallback | None = None
+    ) -> SqliteUsageStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for version, sql in migrations("sqlite"):
+                if version not in done:
+                    conn.executescript(
+                        f"BEGIN; {sql}; INSERT INTO schema_migrations VALUES ({version:d}); COMMIT;"
+                    )
+            conn.row_factory = sqlite3.Row
+            return conn
+
+        return cls(await asyncio.to_thread(connect), retention or RetentionConfig(), on_expired)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        async with self.lock:  # held until the statement is done, even if the caller is cancelled
+            return await in_thread(fn)
+
+    # -- insert -----------------------------------------------------------------------
+
+    def _ids(self, events: Sequence[UsageEvent]) -> None:
+        if len(self._callers) > MAX_DIMENSIONS_CACHED:
+            self._callers.clear()
+        if len(self._routes) > MAX_DIMENSIONS_CACHED:
+            self._routes.clear()
+        for key in sorted({caller_of(e) for e in events} - self._callers.keys()):
+            d = digest(*key)
+            self.conn.execute(
+                "INSERT INTO usage_callers (digest, key_id, team_id) VALUES (?, ?, ?)"
+                " ON CONFLICT (digest) DO NOTHING",
+                (d, *key),
+            )
+            self._callers[key] = self.conn.execute(
+                "SELECT id FROM usage_callers WHERE digest = ?", (d,)
+            ).fetchone()[0]
+        for route in sorted({route_of(e) for e in events} - self._routes.keys()):
+            d = digest(*route)
+            self.conn.execute(
+                "INSERT INTO usage_routes (digest, endpoint, model, provider, upstream_model, deployment,"
+                " route_reason, region) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING",
+                (d, *route),
+            )
+            self._routes[route] = self.conn.execute(
+                "SELECT id FROM usage_routes WHERE digest = ?", (d,)
+            ).fetchone()[0]
+
+    async def insert(self, events: Sequence[UsageEvent]) -> int:
+        if not events:
+            return 0
+        horizons = Horizons.at(time.time(), self.retention)
+        kept = [e for e in events if e["created_at"] >= horizons.events]
+        if len(kept) < len(events) and self.on_expired is not None:
+            self.on_expired(len(events) - len(kept))
+        if not kept:
+            return 0
+
+        def write() -> int:
+            self.conn.execute("BEGIN")
+            try:
+                self._ids(kept)
+                records: dict[tuple[float, int], Record] = {}
+                for e in kept:
+                    r = to_record(e, self._callers[caller_of(e)], self._routes[route_of(e)])
+                    records.setdefault((r.created_at, r.event_hash), r)
+                # One JSON parameter unpacked by json_each: the per-row work runs in C with
+                # the GIL released, so the embedded gateway's event loop is not held up.
+                batch = orjson.dumps([_row(r) for r in records.values()])
+                inserted = self.conn.execute(_INSERT_RECORD, (batch,)).fetchall()
+                fresh = [records[(row[0], int(row[1]))] for row in inserted]
+                for layer, width in LAYERS.items():
+                    floor = {"minute": horizons.minute, "hour": horizons.hour}.get(layer, 0)
+                    rows = deltas((r for r in fresh if r.created_at >= floor), width)
+                    self.conn.executemany(_UPSERTS[layer], [(*k, *v) for k, v in sorted(rows.items())])
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                self._callers.clear()  # ids of rolled-back rows must not be reused
+                self._routes.clear()
+                raise
+            self.conn.execute("COMMIT")
+            return len(fresh)
+
+        try:
+            return await self._run(write)
+        # A constraint or a value SQLite cannot hold; OperationalError (locked, disk
+        # full, I/O) is the store being unavailable, retried later.
+        except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError) as exc:
+            raise refused(exc) from exc
+
+    # -- queries ----------------------------------------------------------------------
+
+    async def usage(
+        self, filters: Filters, grouping: Grouping, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        def query() -> list[sqlite3.Row]:
+            callers = routes = None
+            if filters.per_caller:
+                callers = [
+                    r[0]
+                    for r in self.conn.execute(
+                        "SELECT id FROM usage_callers WHERE (?1 IS NULL OR key_id = ?1)"
+                        " AND (?2 IS NULL OR team_id = ?2)",
+                        (filters.key_id, filters.team_id),
+                    )
+                ]
+            if filters.model is not None or filters.provider is not None:
+                routes = [
+                    r[0]
+                    for r in self.conn.execute(
+                        "SELECT id FROM usage_routes WHERE (?1 IS NULL OR model = ?1)"
+                        " AND (?2 IS NULL OR provider = ?2)",
+                        (filters.model, filters.provider),
+                    )
+                ]
+            if callers == [] or routes == []:
+                return []
+            sql, params = build(_DIALECT, filters, grouping, callers=callers, routes=routes, limit=limit)
+            return self.conn.execute(sql, params).fetchall()
+
+        rows = await self._run(query)
+        out = []
+        for row in rows:
+            if row["requests"] is None:
+                continue
+            item: dict[str, Any] = {}
+            if grouping.time is not None:
+                item["bucket"] = int(row["bucket"])
+            for dimension in grouping.dimensions:
+                value = row[dimension]
+                item[dimension] = value if value != "" else None
+            item.update(shape(row))
+            out.append(item)
+        return out
+
+    async def events(
+        self, request_id: str, limit: int, *, key_id: str | None = None, team_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT * FROM usage_events WHERE request_id = ? AND (? IS NULL OR key_id = ?)"
+            " AND (? IS NULL OR team_id = ?) ORDER BY created_at LIMIT ?"
+        )
+        args = (request_id, key_id, key_id, team_id, team_id, limit)
+        rows = await self._run(lambda: self.conn.execute(sql, args).fetchall())
+        out = []
+        for r in rows:
+            row = dict(r)
+            for flag in ("cached", "stream", "estimated"):
+                row[flag] = bool(row[flag])
+            out.append(row)
+        return out
+
+    async def maintain(self, now: float) -> dict[str, int]:
+        horizons = Horizons.at(now, self.retention)
+
+        def delete() -> dict[str, int]:
+            out = {}
+            for table, column, horizon in (
+                ("usage_records", "created_at", horizons.events),
+                ("stored_completions", "created_at", horizons.events),
+                ("usage_minute", "bucket", horizons.minute),
+                ("usage_hour", "bucket", horizons.hour),
+            ):
+                out[table] = self.conn.execute(f"DELETE FROM {table} WHERE {column} < ?", (horizon,)).rowcount
+            return out
+
+        return await self._run(delete)
+
+    async def import_legacy(self, batch: int = LEGACY_BATCH) -> int:
+        def read() -> list[sqlite3.Row]:
+            state = self.conn.execute("SELECT after_time, after_id, done FROM usage_legacy_import").fetchone()
+            if state is not None and state["done"]:
+                return []
+            after_time = state["after_time"] if state is not None else None
+            after_id = state["after_id"] if state is not None else None
+            return self.conn.execute(
+                "SELECT * FROM usage_events_v1 WHERE ?1 IS NULL OR created_at > ?1"
+                " OR (created_at = ?1 AND event_id > ?2) ORDER BY created_at, event_id LIMIT ?3",
+                (after_time, after_id, batch),
+            ).fetchall()
+
+        rows = await self._run(read)
+        if rows:
+            await self.insert([legacy_event(r) for r in rows])
+        last = rows[-1] if rows else None
+        args = (
+            last["created_at"] if last is not None else None,
+            last["event_id"] if last is not None else None,
+            int(len(rows) < batch),
+        )
+        await self._run(
+            lambda: self.conn.execute(
+                "INSERT INTO usage_legacy_import (id, after_time, after_id, done) VALUES (1, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET after_time = coalesce(excluded.after_time, after_time),"
+                " after_id = coalesce(excluded.after_id, after_id), done = excluded.done",
+                args,
+            )
+        )
+        return len(rows)
+
+    # -- stored completions -----------------------------------------------------------
+
+    async def put_completion(self, completion: StoredCompletion) -> bool:
+        args = (
+            completion.created_at,
+            completion.id,
+            completion.key_id,
+            completion.team_id or "",
+            completion.model,
+            orjson.dumps(completion.metadata).decode(),
+            orjson.dumps(completion.request).decode(),
+            orjson.dumps(completion.response).decode(),
+        )
+        sql = (
+            "INSERT INTO stored_completions (created_at, id, key_id, team_id, model, metadata, request,"
+            " response) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+        )
+        return bool(await self._run(lambda: self.conn.execute(sql, args).rowcount))
+
+    @staticmethod
+    def _completion(row: sqlite3.Row) -> StoredCompletion:
+        return StoredCompletion(
+            id=row["id"],
+            created_at=row["created_at"],
+            key_id=row["key_id"],
+            team_id=row["team_id"] or None,
+            model=row["model"],
+            metadata=orjson.loads(row["metadata"]),
+            request=orjson.loads(row["request"]),
+            response=orjson.loads(row["response"]),
+        )
+
+    async def get_completion(self, completion_id: str) -> StoredCompletion | None:
+        row = await self._run(
+            lambda: self.conn.execute(
+                "SELECT * FROM stored_completions WHERE id = ?", (completion_id,)
+            ).fetchone()
+        )
+        return None if row is None else self._completion(row)
+
+    async def list_completions(self, query: CompletionQuery) -> tuple[list[StoredCompletion], bool]:
+        params: list[Any] = []
+        where = ["1"]
+        for column, value in (("key_id", query.key_id), ("team_id", query.team_id), ("model", query.model)):
+            if value is not None:
+                params.append(value)
+                where.append(f"{column} = ?")
+        for name, value in query.metadata:
+            params += [name, value]
+            where.append("json_extract(metadata, '$.' || json_quote(?)) = ?")
+        direction = "<" if query.order == "desc" else ">"
+        if query.after is not None:
+            params += [query.after]
+            where.append(
+                f"(created_at, id) {direction} (SELECT created_at, id FROM stored_completions WHERE id = ?)"
+            )
+        order = "DESC" if query.order == "desc" else "ASC"
+        params.append(query.limit + 1)
+        sql = (
+            f"SELECT * FROM stored_completions WHERE {' AND '.join(where)}"
+            f" ORDER BY created_at {order}, id {order} LIMIT ?"
+        )
+        rows = await self._run(lambda: self.conn.execute(sql, params).fetchall())
+        return [self._completion(r) for r in rows[: query.limit]], len(rows) > query.limit
+
+    async def update_completion(self, completion_id: str, metadata: dict[str, str]) -> bool:
+        sql = "UPDATE stored_completions SET metadata = ? WHERE id = ?"
+        args = (orjson.dumps(metadata).decode(), completion_id)
+        return bool(await self._run(lambda: self.conn.execute(sql, args).rowcount))
+
+    async def delete_completion(self, completion_id: str) -> bool:
+        sql = "DELETE FROM stored_completions WHERE id = ?"
+        return bool(await self._run(lambda: self.conn.execute(sql, (completion_id,)).rowcount))
+
+    async def check(self) -> str:
+        try:
+            await self._run(lambda: self.conn.execute("SELECT 1").fetchone())
+        except sqlite3.Error as exc:
+            return f"sqlite error: {type(exc).__name__}"
+        return "ok"
+
+    async def close(self) -> None:
+        await self._run(self.conn.close)
