@@ -7,6 +7,11 @@ analytics writes to a SQLite file in the data folder.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+
 from services.analytics import app as analytics_app
 from services.analytics.client import AnalyticsClient
 from services.auth import app as auth_app
@@ -15,8 +20,9 @@ from services.cache import app as cache_app
 from services.cache.client import CacheClient
 from services.classifier import app as classifier_app
 from services.classifier.client import ClassifierClient
+from services.kernel.encoder import Encoder
 from services.kernel.lifecycle import Lifecycle
-from services.kernel.service import ServiceApp
+from services.kernel.service import ServiceApp, build_app
 from services.kernel.settings import Settings
 from services.kernel.stream import MemoryUsageStream
 from services.router import app as router_app
@@ -26,9 +32,12 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
     # Embedded means no servers: ignore URLs that may linger in the environment.
     settings = settings.replace(redis_url=None, database_url=None)
     stream = MemoryUsageStream()
+    # One embedding model per process, shared by the helpers that need it.
+    cache_config = settings.config.cache
+    encoder = Encoder() if cache_config.enabled and cache_config.semantic else None
     auth = auth_app.create_app(settings, process_metrics=False)
     classifier = classifier_app.create_app(settings, process_metrics=False)
-    cache = cache_app.create_app(settings, process_metrics=False)
+    cache = cache_app.create_app(settings, encoder=encoder, process_metrics=False)
     analytics = analytics_app.create_app(settings, stream=stream, process_metrics=False)
     helpers = router_app.Helpers(
         auth=AuthClient.in_process(auth),
@@ -40,9 +49,32 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
         settings,
         stream=stream,
         helpers=helpers,
-        sub_apps=[auth, classifier, cache, analytics],
+        sub_apps=[
+            *([shared_model(encoder)] if encoder is not None else []),
+            auth,
+            classifier,
+            cache,
+            analytics,
+        ],
         lifecycle=lifecycle,
     )
     # The analytics API is reachable embedded too, on the same port.
     app.mount("/analytics", analytics)
+    # So is the cache's admin API (namespaces, statistics, flush), behind the master key.
+    app.mount("/cache", cache)
     return app
+
+
+def shared_model(encoder: Encoder) -> ServiceApp:
+    """An app with no routes whose lifespan loads the shared model first and closes it last
+    (the helpers that use it neither start nor close it)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await encoder.start()  # loads in the background: the gateway serves meanwhile
+        try:
+            yield
+        finally:
+            await encoder.aclose()
+
+    return build_app("encoder", routes=[], lifespan=lifespan, process_metrics=False)

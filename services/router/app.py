@@ -26,6 +26,7 @@ from services.kernel.redact import Redactor
 from services.kernel.service import ServiceApp, build_app
 from services.kernel.settings import Settings
 from services.kernel.stream import RedisUsageStream, UsageStream
+from services.router.caching import GatewayCache
 from services.router.dispatch import Dispatcher
 from services.router.ingress import ModelCards, RouterApp, RouterState
 from services.router.metrics import RouterMetrics
@@ -150,7 +151,12 @@ def create_app(
             stack.push_async_callback(_cancel, watch)
 
             admission = given.admission or Unlimited()
-            cache = given.cache or NoCache()
+            cache: ResponseCache | None = given.cache
+            if cache is None and config.cache.enabled and isinstance(clients.cache, CacheClient):
+                clients.cache.authorize(settings.master_key)
+                cache = GatewayCache(clients.cache, config.cache, metrics)
+            cache_enabled = cache is not None
+            cache = cache or NoCache()
             pipeline = Pipeline(
                 authenticator=given.authenticator or MasterKeyAuthenticator(settings.master_key),
                 resolver=given.resolver or CatalogResolver(catalog),
@@ -165,12 +171,12 @@ def create_app(
                     cache,
                     background,
                     access_log=config.server.access_log,
-                    cache_enabled=given.cache is not None,
+                    cache_enabled=cache_enabled,
                 ),
                 metrics=metrics,
                 redact=redact,
                 max_body_bytes=config.server.max_body_bytes,
-                cache_enabled=given.cache is not None,
+                cache_enabled=cache_enabled,
             )
             owners = {name: deps[0].provider for name, deps in catalog.models.items()}
             owners |= {alias: owners[name] for alias, name in catalog.aliases.items()}

@@ -1,0 +1,48 @@
+"""Fixtures of the cache tests: storage on the real Redis under a unique prefix, cleaned up."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from services.cache.memory import MemoryEntries
+from services.cache.store import RedisEntries
+from tests.conftest import REDIS_URL
+
+
+async def delete_prefix(client: aioredis.Redis, prefix: str) -> None:
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        await client.delete(key)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-cache-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def redis_entries(redis, prefix) -> AsyncIterator[RedisEntries]:
+    store = RedisEntries(aioredis.from_url(REDIS_URL), prefix, sync_maxlen=1000)
+    yield store
+    await delete_prefix(redis, prefix)
+    await store.aclose()
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def entries(request, prefix):
+    """Both implementations of the storage contract, to run the same test on each."""
+    if request.param == "memory":
+        yield MemoryEntries()
+        return
+    store = RedisEntries(aioredis.from_url(REDIS_URL), prefix, sync_maxlen=1000)
+    try:
+        await store.redis.ping()
+    except (OSError, aioredis.RedisError) as exc:
+        await store.aclose()
+        pytest.fail(f"Redis is not answering at {REDIS_URL} ({exc})")
+    yield store
+    await delete_prefix(store.redis, prefix)
+    await store.aclose()
