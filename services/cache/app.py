@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
@@ -39,10 +40,11 @@ from services.cache.semantic import Hit, SemanticCache, TextEncoder
 from services.cache.store import RedisEntries
 from services.cache.verifier import build as build_verifier
 from services.kernel.bearer import require_master_key
-from services.kernel.errors import InvalidRequest, NotFound, PayloadTooLarge
+from services.kernel.errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
 from services.kernel.service import ServiceApp, build_app, json_response
 from services.kernel.settings import Settings
 
+log = logging.getLogger("gateway.cache")
 MAX_NAME = 512
 _NAMESPACE_CHARS = frozenset("0123456789abcdef")
 
@@ -106,6 +108,16 @@ def _namespace(request: Request) -> str:
     return ns
 
 
+@contextlib.contextmanager
+def storage() -> Iterator[None]:
+    """Storage unreachable is an expected state (503, logged once per call, no traceback)."""
+    try:
+        yield
+    except (OSError, aioredis.RedisError) as exc:
+        log.warning("cache storage unreachable", extra={"error": type(exc).__name__})
+        raise ServiceUnavailable("The cache's storage is unreachable.") from None
+
+
 def create_app(
     settings: Settings,
     *,
@@ -162,9 +174,7 @@ def create_app(
             async def stop() -> None:
                 for task in tasks:
                     if task is not None:
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
+                        await sync.stop(task)
                 await cache.drain()
                 await sync.flush_counts(cache)
 
@@ -178,13 +188,10 @@ def create_app(
     async def lookup(request: Request) -> Response:
         cache = cache_of(request)
         body = await read_json(request, body_limit)
-        result = await cache.lookup(
-            _name(body, "tenant"),
-            _name(body, "model"),
-            _chat_request(body),
-            semantic=_flag(body, "semantic"),
-            max_age_s=_seconds(body, "max_age_s"),
-        )
+        tenant, model, chat = _name(body, "tenant"), _name(body, "model"), _chat_request(body)
+        semantic, max_age_s = _flag(body, "semantic"), _seconds(body, "max_age_s")
+        with storage():
+            result = await cache.lookup(tenant, model, chat, semantic=semantic, max_age_s=max_age_s)
         if isinstance(result, Hit):
             head = orjson.dumps(
                 {
@@ -206,19 +213,18 @@ def create_app(
         response = body.get("response")
         if not isinstance(response, dict) or not isinstance(response.get("choices"), list):
             raise InvalidRequest("'response' must be a chat.completion object.", param="response")
-        kind = await cache.store(
-            _name(body, "tenant"),
-            _name(body, "model"),
-            _chat_request(body),
-            orjson.dumps(response),
-            ttl_s=_seconds(body, "ttl_s"),
-            semantic=_flag(body, "semantic"),
-        )
+        tenant, model, chat = _name(body, "tenant"), _name(body, "model"), _chat_request(body)
+        ttl_s, semantic = _seconds(body, "ttl_s"), _flag(body, "semantic")
+        with storage():
+            kind = await cache.store(
+                tenant, model, chat, orjson.dumps(response), ttl_s=ttl_s, semantic=semantic
+            )
         return json_response({"stored": kind in ("semantic", "exact_only"), "kind": kind})
 
     async def stats(request: Request) -> Response:
         cache = cache_of(request)
-        shared = await cache.entries.counts()
+        with storage():
+            shared = await cache.entries.counts()
         hits = shared.get("lookups_exact", 0) + shared.get("lookups_semantic", 0)
         total = hits + shared.get("lookups_miss", 0)
         return json_response(
@@ -251,7 +257,8 @@ def create_app(
         tenant = request.query_params.get("tenant")
         if tenant is not None and not 0 < len(tenant) <= MAX_NAME:
             raise InvalidRequest("'tenant' is too long.", param="tenant")
-        rows = await cache.entries.namespaces(tenant)
+        with storage():
+            rows = await cache.entries.namespaces(tenant)
         return json_response({"object": "list", "data": [_info(r) for r in rows]})
 
     async def namespace(request: Request) -> Response:
@@ -263,7 +270,8 @@ def create_app(
             raise InvalidRequest("'limit' must be an integer.", param="limit") from None
         if not 1 <= limit <= 1000:
             raise InvalidRequest("'limit' must be from 1 to 1000.", param="limit")
-        rows = await cache.entries.entries(ns, limit)
+        with storage():
+            rows = await cache.entries.entries(ns, limit)
         if not rows:
             raise NotFound("No such cache namespace (or it is empty).")
         data = [
@@ -283,21 +291,24 @@ def create_app(
 
     async def flush_one(request: Request) -> Response:
         cache = cache_of(request)
-        count = await cache.flush(_namespace(request))
+        with storage():
+            count = await cache.flush(_namespace(request))
         return json_response({"flushed": count})
 
     async def flush_many(request: Request) -> Response:
         cache = cache_of(request)
         body = await read_json(request, 64 * 1024)
         if body.get("all") is True:
-            infos = await cache.entries.namespaces()
+            tenant = None
         elif "tenant" in body:
-            infos = await cache.entries.namespaces(_name(body, "tenant"))
+            tenant = _name(body, "tenant")
         else:
             raise InvalidRequest('Send {"tenant": ...} or {"all": true}.', param="tenant")
         count = 0
-        for info in infos:
-            count += await cache.flush(info.namespace)
+        with storage():
+            infos = await cache.entries.namespaces(tenant)
+            for info in infos:
+                count += await cache.flush(info.namespace)
         return json_response({"flushed": count, "namespaces": len(infos)})
 
     async def ready() -> dict[str, str]:

@@ -54,6 +54,8 @@ class CacheClient(ServiceClient):
             raise CacheUnavailable("timeout") from None
         except httpx.HTTPError:
             raise CacheUnavailable("unreachable") from None
+        except Exception:  # in-process, the cache's own failure surfaces here: still only a miss
+            raise CacheUnavailable("error") from None
         if response.status_code != 200:
             raise CacheUnavailable("error")
         try:

@@ -19,6 +19,17 @@ from services.cache.semantic import SemanticCache
 log = logging.getLogger("gateway.cache.sync")
 
 
+async def stop(task: asyncio.Task[None]) -> None:
+    """Cancel a background task and wait for it to end. Cancelled again until it does: on
+    Python 3.11 a cancel that lands as a client's read timeout fires is absorbed by the
+    timeout (redis-py then retries the read), and one cancel would be lost."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.2)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("cache background task failed", extra={"error": type(task.exception()).__name__})
+
+
 async def rebuild(cache: SemanticCache) -> str:
     """Load every vector from storage; returns the change-stream position to follow from."""
     started = time.perf_counter()

@@ -6,10 +6,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import pytest_asyncio
 import redis.asyncio as aioredis
 
 from services.cache.memory import MemoryEntries
 from services.cache.store import RedisEntries
+from services.kernel.encoder import Encoder
 from tests.conftest import REDIS_URL
 
 
@@ -46,3 +48,14 @@ async def entries(request, prefix):
     yield store
     await delete_prefix(store.redis, prefix)
     await store.aclose()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def encoder() -> AsyncIterator[Encoder]:
+    """The real embedding model, loaded once for the whole run (tests that use it run on the
+    session's event loop: `pytestmark = pytest.mark.asyncio(loop_scope="session")`)."""
+    model = Encoder()
+    await model.start()
+    await model.wait_ready()
+    yield model
+    await model.aclose()
