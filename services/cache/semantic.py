@@ -175,7 +175,7 @@ class SemanticCache:
             model,
         )
         changes = await self.entries.put(entry, time.time(), self.limits)
-        self.apply(changes)
+        self.apply(changes)  # the other replicas hear it through storage
         kind = "semantic" if vector is not None else "exact_only"
         self.metrics.stores.labels(kind).inc()
         self.metrics.count(f"stores_{kind}")

@@ -2,7 +2,7 @@
 
 Keys of one namespace share a hash tag (`{ns}`):
 
-    P:{ns}:e:<id>   hash: r response, t prompt text, v vector (float32), c created ms,
+    P:{ns}:e:<id>   hash: r response, t prompt text, v vector (float16), c created ms,
                     e expires ms, h hits; PEXPIRE'd at its TTL
     P:{ns}:lru      zset id → last used ms (the per-namespace cap evicts its lowest)
     P:{ns}:exp      zset id → expires ms (the sweep removes what is past)
@@ -147,7 +147,7 @@ def _str(value: bytes | str | None) -> str:
 def _vector(raw: bytes | None) -> np.ndarray | None:
     if not raw:
         return None
-    return np.frombuffer(raw, dtype=np.float32)
+    return np.frombuffer(raw, dtype=np.float16).astype(np.float32)
 
 
 def _stored(row: Sequence[bytes | None]) -> Stored | None:
@@ -160,7 +160,7 @@ def _stored(row: Sequence[bytes | None]) -> Stored | None:
 class RedisEntries:
     """The `Entries` contract over one Redis (see the module docstring for the layout)."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str = "gwcache", *, sync_maxlen: int = 100_000) -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str = "gwcache", *, sync_maxlen: int = 10_000) -> None:
         self.redis = redis
         self.prefix = prefix
         self.sync_maxlen = sync_maxlen
@@ -210,7 +210,9 @@ class RedisEntries:
     async def put(self, entry: NewEntry, now: float, limits: Limits) -> list[Change]:
         ns = entry.namespace
         expires = now + entry.ttl_s
-        vector = entry.vector.astype(np.float32).tobytes() if entry.vector is not None else b""
+        # Half precision in storage and on the change stream: half the bytes, and cosines
+        # move by about 1e-3, far below any threshold's resolution.
+        vector = entry.vector.astype(np.float16).tobytes() if entry.vector is not None else b""
         keys = [
             self._key(ns, f"e:{entry.entry_id}"),
             self._key(ns, "lru"),

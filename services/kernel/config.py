@@ -160,7 +160,7 @@ class CacheConfig(_Strict):
     lookup_timeout_ms: float = Field(default=250.0, gt=0, le=60_000)  # past it the router treats it as a miss
     store_timeout_ms: float = Field(default=2000.0, gt=0, le=60_000)
     redis_prefix: str = Field(default="gwcache", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9:_.-]+$")
-    sync_maxlen: int = Field(default=100_000, ge=100, le=10_000_000)  # change stream kept for catching up
+    sync_maxlen: int = Field(default=10_000, ge=100, le=10_000_000)  # changes kept for replicas catching up
     sweep_interval_s: float = Field(default=30.0, gt=0, le=3600)
     models: dict[str, CacheRule] = {}
     teams: dict[str, CacheRule] = {}
