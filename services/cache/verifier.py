@@ -5,7 +5,9 @@ Cosine similarity of sentence embeddings ranks candidates well but cannot tell
 2020": such pairs sit as close as true paraphrases. Two stages follow the cosine:
 
 1. rules that reject outright: the numbers, the negations, or the names (capitalised
-   words, quoted strings, code-like tokens) of the two texts differ;
+   words, quoted strings, code-like tokens) of the two texts differ, the same words
+   stand the other way round ("miles to kilometers" / "kilometers to miles"), or a
+   word is swapped for its opposite ("before" / "after", "install" / "uninstall");
 2. a learned check: logistic regression over the cosine and lexical features of the
    pair (word overlap both ways, words only one side has, bigram overlap, length
    ratio), trained by `python -m services.cache.calibrate` on labelled pairs, its
@@ -58,6 +60,17 @@ _STOPWORDS = """a an the and or but if then else of to in on at by for with from
     each every all both few more most other own same up down out off again further once s t ll d ve re m
     o y please tell explain give show let get how why when where whether"""
 STOPWORDS = frozenset(_STOPWORDS.split())
+# Words whose swap for the other turns a question around.
+_OPPOSITES = """before after|above below|over under|increase decrease|more less|min max|minimum maximum
+    first last|best worst|largest smallest|biggest smallest|highest lowest|longest shortest|most least
+    install uninstall|add remove|enable disable|encrypt decrypt|upload download|import export|buy sell
+    open close|start stop|push pull|win lose|true false|yes no|old new|oldest newest|hot cold|fast slow
+    input output|read write|send receive|left right|north south|east west|up down|in out|on off
+    include exclude|allow deny|accept reject|compress decompress|encode decode|serialize deserialize
+    lock unlock|mount unmount|show hide|create delete|create destroy|male female|men women|boy girl"""
+_PAIRS = [tuple(pair.split()) for pair in re.split(r"[|\n]", _OPPOSITES) if pair.strip()]
+OPPOSITES = frozenset(_PAIRS) | frozenset((b, a) for a, b in _PAIRS)
+DIRECTIONS = frozenset({"to", "into", "from", "than", "vs", "versus"})
 FEATURES = (
     "cosine",
     "jaccard",
@@ -88,6 +101,7 @@ class Parsed:
     numbers: frozenset[str]
     negations: int
     names: frozenset[str]
+    directed: frozenset[tuple[str, str]]  # (word before, word after) around "to", "into", ...
 
 
 def _number(token: str) -> str:
@@ -121,7 +135,16 @@ def parse(text: str) -> Parsed:
     content = frozenset(_stem(w) for w in words if w not in STOPWORDS)
     stems = [_stem(w) for w in words]
     bigrams = frozenset(itertools.pairwise(stems))
-    return Parsed(words, content, bigrams, frozenset(numbers), negations, frozenset(names))
+    directed = set()
+    for i, w in enumerate(words):
+        if w in DIRECTIONS:
+            before = next((_stem(x) for x in reversed(words[:i]) if x not in STOPWORDS), None)
+            after = next((_stem(x) for x in words[i + 1 :] if x not in STOPWORDS), None)
+            if before and after:
+                directed.add((before, after))
+    return Parsed(
+        words, content, bigrams, frozenset(numbers), negations, frozenset(names), frozenset(directed)
+    )
 
 
 def rule_conflict(a: Parsed, b: Parsed) -> str | None:
@@ -132,6 +155,12 @@ def rule_conflict(a: Parsed, b: Parsed) -> str | None:
         return "negation"
     if a.names != b.names:
         return "names"
+    # "miles to kilometers" against "kilometers to miles": the same words, the other way round.
+    if any((y, x) in b.directed for x, y in a.directed if x != y):
+        return "direction"
+    only_a, only_b = set(a.words) - set(b.words), set(b.words) - set(a.words)
+    if any((x, y) in OPPOSITES for x in only_a for y in only_b):
+        return "opposites"
     return None
 
 
