@@ -152,7 +152,7 @@ async def memory(redis: aioredis.Redis, prefix: str, cache: SemanticCache, n: in
     lru = sum([await redis.memory_usage(k) or 0 async for k in redis.scan_iter(match=f"{prefix}:*lru*")])
     exp = sum([await redis.memory_usage(k) or 0 async for k in redis.scan_iter(match=f"{prefix}:*exp*")])
     per_entry = (sample + lru + exp) / n
-    print(f"\n== memory (answer of {len(ANSWER)} bytes, 384-dim float32 vector)")
+    print(f"\n== memory (answer of {len(ANSWER)} bytes, 384-dim vector in float16)")
     print(
         f"redis: {per_entry:,.0f} bytes per entry -> {per_entry * 100_000 / 2**20:,.1f} MiB per 100k entries"
     )
