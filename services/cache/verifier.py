@@ -38,6 +38,18 @@ _NAME = re.compile(
     r"|\b\w+(?:[._/]\w+)+\b|\b[a-z]+[A-Z]\w*\b"  # code-like: snake_case, dotted.names, camelCase
 )
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_ROMAN = re.compile(r"^(?:X{0,3})(?:IX|IV|V?I{0,3})$")
+_ROMAN_VALUES = {"I": 1, "V": 5, "X": 10}
+
+
+def _roman(token: str) -> str:
+    total = 0
+    for i, ch in enumerate(token):
+        value = _ROMAN_VALUES[ch]
+        total += -value if i + 1 < len(token) and _ROMAN_VALUES[token[i + 1]] > value else value
+    return str(total)
+
+
 NEGATIONS = frozenset(
     {"not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "nowhere", "without", "cannot"}
 )
@@ -80,6 +92,7 @@ FEATURES = (
     "bigram_jaccard",
     "length_ratio",
     "cosine_x_cover_min",
+    "names_one_side",
 )
 
 
@@ -120,6 +133,11 @@ def parse(text: str) -> Parsed:
     numbers = {_number(t) for t in _NUMBER.findall(text)}
     numbers |= {_NUMBER_WORDS[w] for w in words if w in _NUMBER_WORDS}
     negations = sum(1 for w in words if w in NEGATIONS or w.endswith("n't"))
+    # Roman numerals after a name ("World War II", "Henry VIII", "Part I") are numbers too;
+    # a lone "I" elsewhere is the pronoun.
+    for i, token in enumerate(tokens[1:], 1):
+        if token and _ROMAN.match(token) and (token != "I" or (i > 1 and tokens[i - 1][0].isupper())):
+            numbers.add(_roman(token))
     names = {m.strip("\"'`").lower() for m in _NAME.findall(text)}
     # Capitalised words inside a sentence are names ("Paris", "Postgres"); the first word
     # of a sentence is capitalised anyway.
@@ -153,8 +171,8 @@ def rule_conflict(a: Parsed, b: Parsed) -> str | None:
         return "numbers"
     if (a.negations > 0) != (b.negations > 0) or a.negations % 2 != b.negations % 2:
         return "negation"
-    if a.names != b.names:
-        return "names"
+    if (a.names - b.names) and (b.names - a.names):
+        return "names"  # one name swapped for another; a name only one side has is weighed below
     # "miles to kilometers" against "kilometers to miles": the same words, the other way round.
     if any((y, x) in b.directed for x, y in a.directed if x != y):
         return "direction"
@@ -182,6 +200,7 @@ def features(a: Parsed, b: Parsed, cosine: float) -> list[float]:
         len(a.bigrams & b.bigrams) / len(bigram_union) if bigram_union else 1.0,
         min(lengths) / max(lengths) if max(lengths) else 1.0,
         cosine * cover_min,
+        float(len(a.names ^ b.names)),
     ]
 
 

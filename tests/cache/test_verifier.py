@@ -20,6 +20,7 @@ from services.cache.verifier import WEIGHTS, Model, build, parse, rule_conflict
         ("Is it safe to eat raw eggs?", "Is it not safe to eat raw eggs?", "negation"),
         ("Is it safe?", "Isn't it safe?", "negation"),
         ("What is the capital of France?", "What is the capital of Germany?", "names"),
+        ("When did World War II end?", "When did World War I end?", "numbers"),
         ("What does `os.path.join` do?", "What does `os.path.split` do?", "names"),
         ("Convert miles to kilometers.", "Convert kilometers to miles.", "direction"),
         ("What should I eat before a run?", "What should I eat after a run?", "opposites"),
