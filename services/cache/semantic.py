@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections import OrderedDict
 from typing import Any, Protocol
 
 import numpy as np
@@ -75,6 +76,10 @@ class SemanticCache:
         self.limits = Limits(config.max_entries_per_namespace, config.max_entries)
         self.background: set[asyncio.Task[None]] = set()
         self.ready = False  # the index has been built from storage once
+        # Vectors of prompts just looked up, for the store that follows a miss: one
+        # embedding per miss instead of two (the model is the expensive part).
+        self.recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.recent_max = 4096
 
     def key(self, tenant: str, model: str, request: dict[str, Any]) -> RequestKey:
         return request_key(tenant, model, request, semantic_max_chars=self.config.semantic_max_chars)
@@ -180,6 +185,11 @@ class SemanticCache:
         self.metrics.stores.labels(kind).inc()
         self.metrics.count(f"stores_{kind}")
         return kind
+
+    def _remember(self, exact: str, vector: np.ndarray) -> None:
+        self.recent[exact] = vector
+        if len(self.recent) > self.recent_max:
+            self.recent.popitem(last=False)
 
     def apply(self, changes: list[Change], source: str = "local") -> None:
         """Bring this replica's index in line with changes to storage."""

@@ -309,3 +309,16 @@ async def test_oversized_bodies_are_refused(tmp_path, cleanup):
         huge = {"tenant": "t", "model": "m", "request": chat("x" * 4_000_000)}
         response = await cache.http.post("/v1/cache/lookup", json=huge)
         assert response.status_code == 413
+
+
+async def test_one_embedding_per_miss_and_none_for_an_empty_namespace(tmp_path, encoder, cleanup):
+    async with replica(tmp_path, cleanup, encoder) as cache:
+        before = encoder.encoded
+        missed = await cache.lookup("team:cold", "mock-small", chat("What is a monad?"), wait_s=10)
+        assert (missed.hit, encoder.encoded) == (False, before)  # nothing stored there: no embedding
+        await cache.store("team:cold", "mock-small", chat("What is a monad?"), answer("..."), wait_s=10)
+        assert encoder.encoded == before + 1
+        missed = await cache.lookup("team:cold", "mock-small", chat("What is a functor?"), wait_s=10)
+        assert not missed.hit
+        await cache.store("team:cold", "mock-small", chat("What is a functor?"), answer("..."), wait_s=10)
+        assert encoder.encoded == before + 2  # the lookup's embedding served the store
