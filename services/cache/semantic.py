@@ -125,7 +125,10 @@ class SemanticCache:
         assert self.encoder is not None
         assert self.verifier is not None
         assert key.text is not None
+        if key.namespace not in self.index.spaces:
+            return Miss("no_candidate")  # nothing to compare with: no embedding needed
         query = (await self.encoder.encode([key.text]))[0]
+        self._remember(key.exact, query)
         candidates = self.index.search(
             key.namespace, query, floor=self.verifier.floor, k=self.config.candidates, now=now
         )
@@ -168,7 +171,9 @@ class SemanticCache:
         if self._semantic_possible(key, semantic) is None:
             assert self.encoder is not None
             assert key.text is not None
-            vector = (await self.encoder.encode([key.text]))[0]
+            vector = self.recent.pop(key.exact, None)
+            if vector is None:
+                vector = (await self.encoder.encode([key.text]))[0]
         entry = NewEntry(
             key.namespace,
             key.exact,
