@@ -7,6 +7,10 @@ analytics writes to a SQLite file in the data folder.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -18,8 +22,9 @@ from services.cache import app as cache_app
 from services.cache.client import CacheClient
 from services.classifier import app as classifier_app
 from services.classifier.client import ClassifierClient
+from services.kernel.encoder import Encoder
 from services.kernel.lifecycle import Lifecycle
-from services.kernel.service import ServiceApp
+from services.kernel.service import ServiceApp, build_app
 from services.kernel.settings import Settings
 from services.kernel.stream import MemoryUsageStream
 from services.router import app as router_app
@@ -41,8 +46,11 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
     auth_client = AuthClient.in_process(auth)
     assert isinstance(auth_client, AuthClient)
     auth_client.invalidations = invalidations
+    # One embedding model per process, shared by the helpers that need it.
+    cache_config = settings.config.cache
+    encoder = Encoder() if cache_config.enabled and cache_config.semantic else None
     classifier = classifier_app.create_app(settings, process_metrics=False)
-    cache = cache_app.create_app(settings, process_metrics=False)
+    cache = cache_app.create_app(settings, encoder=encoder, process_metrics=False)
     analytics = analytics_app.create_app(settings, stream=stream, process_metrics=False, auth=auth_client)
     helpers = router_app.Helpers(
         auth=auth_client,
@@ -54,16 +62,39 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
         settings,
         stream=stream,
         helpers=helpers,
-        sub_apps=[auth, classifier, cache, analytics],
+        sub_apps=[
+            *([shared_model(encoder)] if encoder is not None else []),
+            auth,
+            classifier,
+            cache,
+            analytics,
+        ],
         lifecycle=lifecycle,
         counters=counters,
     )
-    # The analytics API is reachable embedded too, on the same port; /dashboard is its page.
+    # The analytics, admin and cache APIs are reachable embedded too, on the same port;
+    # /dashboard is the analytics page.
     app.mount("/analytics", analytics)
     app.mount("/auth", auth)
+    app.mount("/cache", cache)
 
     async def dashboard(request: Request) -> Response:
         return RedirectResponse("/analytics/dashboard", status_code=307)
 
     app.add_route("/dashboard", dashboard, methods=["GET"])
     return app
+
+
+def shared_model(encoder: Encoder) -> ServiceApp:
+    """An app with no routes whose lifespan loads the shared model first and closes it last
+    (the helpers that use it neither start nor close it)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await encoder.start()  # loads in the background: the gateway serves meanwhile
+        try:
+            yield
+        finally:
+            await encoder.aclose()
+
+    return build_app("encoder", routes=[], lifespan=lifespan, process_metrics=False)

@@ -377,6 +377,49 @@ class TracingConfig(_Strict):
     sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
 
+_DAY = 86_400.0
+
+
+class CacheRule(_Strict):
+    """An override of the cache for one model, team or key; unset fields inherit."""
+
+    enabled: bool | None = None
+    semantic: bool | None = None
+    ttl_s: float | None = Field(default=None, gt=0, le=365 * _DAY)
+    max_temperature: float | None = Field(default=None, ge=0, le=2)
+
+
+class CacheConfig(_Strict):
+    """The response cache (docs/cache.md). Off unless `enabled`."""
+
+    enabled: bool = False
+    tenant: Literal["team", "key"] = "team"  # whose answers share a namespace (a key without a team: its own)
+    semantic: bool = True  # answer paraphrases too, not only identical requests
+    ttl_s: float = Field(default=3600.0, gt=0, le=365 * _DAY)
+    max_ttl_s: float = Field(default=7 * _DAY, gt=0, le=365 * _DAY)  # cap of the per-request TTL header
+    max_temperature: float = Field(
+        default=1.0, ge=0, le=2
+    )  # no caching above it (an unset temperature caches)
+    # The second look at semantic candidates: "model" = rules then the learned check (calibrated),
+    # "rules" = rules then a cosine threshold, "off" = the cosine threshold alone.
+    verifier: Literal["model", "rules", "off"] = "model"
+    threshold: float | None = Field(default=None, ge=0, le=1)  # None: the calibrated default of the mode
+    similarity_floor: float | None = Field(default=None, ge=0, le=1)  # cosine below it is never a candidate
+    candidates: int = Field(default=4, ge=1, le=64)  # nearest entries checked per lookup
+    semantic_max_chars: int = Field(default=1000, ge=1, le=100_000)  # longer prompts: exact layer only
+    max_entries_per_namespace: int = Field(default=10_000, ge=1, le=10_000_000)
+    max_entries: int = Field(default=1_000_000, ge=1, le=100_000_000)
+    max_entry_bytes: int = Field(default=256 * 1024, ge=1024, le=64 << 20)  # larger answers are not stored
+    lookup_timeout_ms: float = Field(default=250.0, gt=0, le=60_000)  # past it the router treats it as a miss
+    store_timeout_ms: float = Field(default=2000.0, gt=0, le=60_000)
+    redis_prefix: str = Field(default="gwcache", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9:_.-]+$")
+    sync_maxlen: int = Field(default=10_000, ge=100, le=10_000_000)  # changes kept for replicas catching up
+    sweep_interval_s: float = Field(default=30.0, gt=0, le=3600)
+    models: dict[str, CacheRule] = {}
+    teams: dict[str, CacheRule] = {}
+    keys: dict[str, CacheRule] = {}  # by key id ("master" for the master key)
+
+
 class GatewayConfig(_Strict):
     """The whole file."""
 
@@ -387,6 +430,7 @@ class GatewayConfig(_Strict):
     analytics: AnalyticsConfig = AnalyticsConfig()
     tracing: TracingConfig = TracingConfig()
     models: tuple[ModelConfig, ...] = Field(min_length=1)
+    cache: CacheConfig = CacheConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -407,6 +451,14 @@ class GatewayConfig(_Strict):
                         )
                     if name == model.name or name in model.aliases:
                         raise ValueError(f"model {model.name!r}: {field} names the model itself")
+        return self
+
+    @model_validator(mode="after")
+    def _cache_models_exist(self) -> GatewayConfig:
+        names = {name for model in self.models for name in (model.name, *model.aliases)}
+        unknown = sorted(set(self.cache.models) - names)
+        if unknown:
+            raise ValueError(f"cache.models names unknown models: {', '.join(unknown)}")
         return self
 
 

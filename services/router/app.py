@@ -28,6 +28,7 @@ from services.kernel.redact import Redactor
 from services.kernel.service import ServiceApp, build_app
 from services.kernel.settings import Settings
 from services.kernel.stream import RedisUsageStream, UsageStream
+from services.router.caching import GatewayCache
 from services.router.dialect import dialects
 from services.router.dispatch import Dispatcher
 from services.router.httpclient import NativeTransport
@@ -180,7 +181,12 @@ def create_app(
             for deps in catalog.models.values():
                 for dep in deps:
                     metrics.circuit(dep, "closed")
-            cache = given.cache or NoCache()
+            cache: ResponseCache | None = given.cache
+            if cache is None and config.cache.enabled and isinstance(clients.cache, CacheClient):
+                clients.cache.authorize(settings.master_key)
+                cache = GatewayCache(clients.cache, config.cache, metrics)
+            cache_enabled = cache is not None
+            cache = cache or NoCache()
             stored = StoredCompletions(
                 clients.analytics if isinstance(clients.analytics, AnalyticsClient) else None,
                 authenticator,
@@ -203,15 +209,15 @@ def create_app(
                     cache,
                     background,
                     access_log=config.server.access_log,
-                    cache_enabled=given.cache is not None,
+                    cache_enabled=cache_enabled,
                     stored=stored,
                     tracing=tracing,
                 ),
                 metrics=metrics,
                 redact=redact,
                 max_body_bytes=config.server.max_body_bytes,
-                cache_enabled=given.cache is not None,
                 dialects=dialects(),
+                cache_enabled=cache_enabled,
             )
             owners = {name: deps[0].provider for name, deps in catalog.models.items()}
             owners |= {alias: owners[name] for alias, name in catalog.aliases.items()}

@@ -204,6 +204,8 @@ class Pipeline:
     async def _answer_from_cache(self, ex: Exchange, send: Send, dialect: Dialect) -> bool:
         try:
             hit = await self.cache.lookup(ex)
+        except GatewayError:
+            raise  # the request itself is wrong (a malformed cache header): the client is told why
         except Exception as exc:  # the cache is optional: a failing lookup is a miss
             self.metrics.stage_outcome("cache_lookup", "failed")
             log.warning(

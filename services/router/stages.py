@@ -42,9 +42,18 @@ class Admission(Protocol):
 
 
 class CachedAnswer(Protocol):
-    kind: str  # "exact" or "semantic"
-    completion: dict[str, Any]  # a chat.completion object
-    headers: list[tuple[bytes, bytes]]
+    @property
+    def kind(self) -> str:
+        """ "exact" or "semantic"."""
+        ...
+
+    @property
+    def completion(self) -> dict[str, Any]:
+        """A chat.completion object."""
+        ...
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]: ...
 
 
 class ResponseCache(Protocol):

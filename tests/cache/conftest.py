@@ -1,0 +1,61 @@
+"""Fixtures of the cache tests: storage on the real Redis under a unique prefix, cleaned up."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from services.cache.memory import MemoryEntries
+from services.cache.store import RedisEntries
+from services.kernel.encoder import Encoder
+from tests.conftest import REDIS_URL
+
+
+async def delete_prefix(client: aioredis.Redis, prefix: str) -> None:
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        await client.delete(key)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-cache-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def redis_entries(redis, prefix) -> AsyncIterator[RedisEntries]:
+    store = RedisEntries(aioredis.from_url(REDIS_URL), prefix, sync_maxlen=1000)
+    yield store
+    await delete_prefix(redis, prefix)
+    await store.aclose()
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def entries(request, prefix):
+    """Both implementations of the storage contract, to run the same test on each."""
+    if request.param == "memory":
+        yield MemoryEntries()
+        return
+    store = RedisEntries(aioredis.from_url(REDIS_URL), prefix, sync_maxlen=1000)
+    try:
+        await store.redis.ping()
+    except (OSError, aioredis.RedisError) as exc:
+        await store.aclose()
+        pytest.fail(f"Redis is not answering at {REDIS_URL} ({exc})")
+    yield store
+    await delete_prefix(store.redis, prefix)
+    await store.aclose()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def encoder() -> AsyncIterator[Encoder]:
+    """The real embedding model, loaded once for the whole run (tests that use it run on the
+    session's event loop: `pytestmark = pytest.mark.asyncio(loop_scope="session")`)."""
+    model = Encoder()
+    await model.start()
+    await model.wait_ready()
+    yield model
+    await model.aclose()
