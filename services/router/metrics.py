@@ -87,6 +87,19 @@ class RouterMetrics:
             ["provider", "deployment"],
             registry=registry,
         )
+        self.region_failovers = Counter(
+            "gateway_region_failovers_total",
+            "Requests answered by a deployment outside the router's region, by that deployment's region",
+            ["region", "deployment_region"],
+            registry=registry,
+        )
+        self.residency_refusals = Counter(
+            "gateway_residency_refusals_total",
+            "Requests refused to keep them in their regions: no_deployment (none of the model's"
+            " deployments is in them), unavailable (those in them failed; others were not tried)",
+            ["reason"],
+            registry=registry,
+        )
         self._attempt_children: dict[tuple[str, str], Any] = {}
 
     def record(self, ex: Exchange, latency: float, ttft: float | None) -> None:
@@ -113,6 +126,13 @@ class RouterMetrics:
 
     def circuit(self, dep: Deployment, state: str) -> None:
         self.circuit_state.labels(dep.provider, dep.name).set(CIRCUIT_STATES[state])
+
+    def region_failover(self, dep: Deployment, local: str | None = None) -> None:
+        # Both values come from the configuration (the router's region is validated at start).
+        self.region_failovers.labels(local or NONE, dep.config.region or NONE).inc()
+
+    def residency_refusal(self, reason: str) -> None:
+        self.residency_refusals.labels(reason).inc()
 
     def upstream_error(self, dep: Deployment, code: str | None) -> None:
         self.upstream_errors.labels(dep.provider, dep.name, code or NONE).inc()
