@@ -14,7 +14,9 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import openai
 import pytest
@@ -25,6 +27,26 @@ from services import topology
 from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL
 from tests.distributed.test_topology import free_port_base
 from tests.regions.conftest import EU, REGIONS, UPSTREAM_KEY, UPSTREAM_KEY_ENV, US, config_text, served_by
+
+
+def private_database(action: str, name: str) -> str:
+    """Create or drop a database of this module's own on the machine's PostgreSQL; the
+    DSN of the new one. Its own, so the schema is this branch's whatever the shared
+    database holds, and dropping it at the end removes every row it got."""
+    base = urlsplit(DATABASE_URL)
+
+    async def run() -> None:
+        conn = await asyncpg.connect(DATABASE_URL)
+        try:
+            if action == "create":
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            else:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    return urlunsplit(base._replace(path=f"/{name}"))
 
 
 def two_port_bases() -> dict[str, int]:
@@ -45,13 +67,15 @@ def regions(tmp_path_factory, upstreams):
     # cluster has its own Redis; the stream name is unique all the same.
     databases = dict(zip(REGIONS, random.sample(range(1, 16), 2), strict=True))
     bases = two_port_bases()
+    usage_db = f"regions_{uuid.uuid4().hex[:12]}"
+    dsn = private_database("create", usage_db)
     env = {
         **os.environ,
         "GATEWAY_CONFIG": str(config),
         "GATEWAY_MASTER_KEY": MASTER_KEY,
         "GATEWAY_DATA_DIR": str(tmp / "data"),
         "REDIS_URL": REDIS_URL,
-        "DATABASE_URL": DATABASE_URL,
+        "DATABASE_URL": dsn,  # one PostgreSQL for both regions
         UPSTREAM_KEY_ENV: UPSTREAM_KEY,
     }
     env.pop("GATEWAY_REGION", None)
@@ -68,7 +92,7 @@ def regions(tmp_path_factory, upstreams):
             out, _ = proc.communicate(timeout=180)
             assert proc.returncode == 0, f"{region}: {out}"
             assert f"router     ready at http://127.0.0.1:{bases[region]} in {region}" in out
-        yield {"bases": bases, "databases": databases, "stream": stream, "tmp": tmp}
+        yield {"bases": bases, "databases": databases, "stream": stream, "tmp": tmp, "dsn": dsn}
     finally:
         for region in REGIONS:
             subprocess.run(command("down", region), env=env, capture_output=True, check=True)
@@ -76,6 +100,7 @@ def regions(tmp_path_factory, upstreams):
             db = sync_redis.from_url(topology.with_database(REDIS_URL, databases[region]))
             db.delete(stream, f"{stream}:dead")
             db.close()
+        private_database("drop", usage_db)
 
 
 def client(regions, region: str) -> AsyncOpenAI:
@@ -152,12 +177,13 @@ async def test_a_model_with_no_deployment_in_the_allowed_regions_is_refused(regi
     assert served_by(upstreams, "us-only-us")[US] == 0
 
 
-async def test_usage_from_both_regions_lands_in_the_one_database(regions, pg):
+async def test_usage_from_both_regions_lands_in_the_one_database(regions):
     prefix = f"regions-{uuid.uuid4().hex[:10]}"
     for region in REGIONS:
         for i in range(3):
             await ask(regions, region, "chat", f"{prefix}-{region}-{i}")
     query = "SELECT count(*) FROM usage_events WHERE request_id LIKE $1"
+    pg = await asyncpg.connect(regions["dsn"])
     try:
         deadline = time.monotonic() + 60
         counts = {}
@@ -168,7 +194,7 @@ async def test_usage_from_both_regions_lands_in_the_one_database(regions, pg):
             await asyncio.sleep(0.1)
         assert counts == {EU: 3, US: 3}
     finally:
-        await pg.execute("DELETE FROM usage_events WHERE request_id LIKE $1", f"{prefix}-%")
+        await pg.close()
     # Each region's events went through its own Redis database, none through the default one.
     for region in REGIONS:
         db = sync_redis.from_url(topology.with_database(REDIS_URL, regions["databases"][region]))
