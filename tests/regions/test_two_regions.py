@@ -219,3 +219,13 @@ def test_each_regions_processes_get_its_region_data_folder_and_redis_database(re
             # The router's usage spool lives in the data folder: one per region.
             assert env["GATEWAY_DATA_DIR"] == str(regions["tmp"] / "data" / region), name
             assert env["REDIS_URL"].endswith(f"/{regions['databases'][region]}"), name
+
+
+def test_a_topology_takes_only_a_region_name_and_a_database_number(capsys):
+    for wrong in (["--region", "EU West"], ["--redis-db", "16"]):
+        with pytest.raises(SystemExit) as exit_info:
+            topology.main(["up", *wrong])
+        assert exit_info.value.code == 2
+    assert "region name" in capsys.readouterr().err
+    assert topology.with_database("redis://:pw@host:6380/0?x=1", 7) == "redis://:pw@host:6380/7?x=1"
+    assert topology.with_database("redis://127.0.0.1:6379", 3) == "redis://127.0.0.1:6379/3"
