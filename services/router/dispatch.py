@@ -419,8 +419,8 @@ class Dispatcher:
                 self.breakers.success(dep)
                 self.balancer.observe(dep, latency)
                 self.metrics.attempt(dep, 200)
-                if self.regions.is_remote(dep):
-                    self.metrics.region_failover(dep, self.regions.local)
+                if self.regions.local is not None and self.regions.is_remote(dep):
+                    self.metrics.cross_region_answer(dep, self.regions.local)
                 ex.lease = dep
                 if model != run.first_model:
                     ex.route = Route(model, tuple(deployments), f"fallback from {run.first_model}")

@@ -87,9 +87,10 @@ class RouterMetrics:
             ["provider", "deployment"],
             registry=registry,
         )
-        self.region_failovers = Counter(
-            "gateway_region_failovers_total",
-            "Requests answered by a deployment outside the router's region, by that deployment's region",
+        self.cross_region = Counter(
+            "gateway_cross_region_requests_total",
+            "Requests answered by a deployment placed in another region than the router's"
+            " (a failover, or a model with no deployment in the router's region)",
             ["region", "deployment_region"],
             registry=registry,
         )
@@ -127,9 +128,9 @@ class RouterMetrics:
     def circuit(self, dep: Deployment, state: str) -> None:
         self.circuit_state.labels(dep.provider, dep.name).set(CIRCUIT_STATES[state])
 
-    def region_failover(self, dep: Deployment, local: str | None = None) -> None:
+    def cross_region_answer(self, dep: Deployment, local: str) -> None:
         # Both values come from the configuration (the router's region is validated at start).
-        self.region_failovers.labels(local or NONE, dep.config.region or NONE).inc()
+        self.cross_region.labels(local, dep.config.region or NONE).inc()
 
     def residency_refusal(self, reason: str) -> None:
         self.residency_refusals.labels(reason).inc()

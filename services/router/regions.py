@@ -57,8 +57,10 @@ class RegionPolicy:
         return mine + [d for d in ordered if d.config.region != local]
 
     def is_remote(self, dep: Deployment) -> bool:
-        """Whether `dep` answers from outside this router's region (a failover)."""
-        return self.local is not None and dep.config.region != self.local
+        """Whether `dep` is placed in another region than this router's (a deployment in
+        no region is nobody's: neither preferred nor remote)."""
+        region = dep.config.region
+        return self.local is not None and region is not None and region != self.local
 
 
 def describe(regions: frozenset[str]) -> str:

@@ -147,9 +147,9 @@ async def test_a_region_whose_own_deployment_fails_fails_over_to_the_other(regio
         metrics_port = topology.metrics_ports(regions["bases"][US])["router"]
         text = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
     failovers = re.search(
-        r'gateway_region_failovers_total\{deployment_region="eu-west",region="us-east"\} (\S+)', text
+        r'gateway_cross_region_requests_total\{deployment_region="eu-west",region="us-east"\} (\S+)', text
     ) or re.search(
-        r'gateway_region_failovers_total\{region="us-east",deployment_region="eu-west"\} (\S+)', text
+        r'gateway_cross_region_requests_total\{region="us-east",deployment_region="eu-west"\} (\S+)', text
     )
     assert failovers, text
     assert float(failovers[1]) >= 1

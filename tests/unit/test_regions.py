@@ -130,7 +130,7 @@ def build_regional(plan, models, local, **residency):
 
 
 def counter(dispatcher, name: str, **labels) -> float:
-    for metric in dispatcher.metrics.region_failovers, dispatcher.metrics.residency_refusals:
+    for metric in dispatcher.metrics.cross_region, dispatcher.metrics.residency_refusals:
         for family in metric.collect():
             for sample in family.samples:
                 if sample.name == name and sample.labels == labels:
@@ -146,7 +146,7 @@ async def test_the_own_region_serves_even_when_the_other_weighs_far_more():
         await dispatcher.chat(ex)
         assert names(ex) == ["m/0"]
     assert script.calls.get("m-1", 0) == 0
-    assert counter(dispatcher, "gateway_region_failovers_total", region=EU, deployment_region=US) == 0
+    assert counter(dispatcher, "gateway_cross_region_requests_total", region=EU, deployment_region=US) == 0
 
 
 async def test_failover_to_another_region_only_after_every_own_deployment_failed():
@@ -157,7 +157,7 @@ async def test_failover_to_another_region_only_after_every_own_deployment_failed
     await dispatcher.chat(ex)
     assert sorted(names(ex)[:2]) == ["m/0", "m/1"]
     assert names(ex)[2:] == ["m/2"]
-    assert counter(dispatcher, "gateway_region_failovers_total", region=EU, deployment_region=US) == 1
+    assert counter(dispatcher, "gateway_cross_region_requests_total", region=EU, deployment_region=US) == 1
 
 
 async def test_an_open_own_circuit_sends_requests_to_the_other_region_until_it_heals():
@@ -243,3 +243,16 @@ async def test_the_health_page_names_each_deployments_region():
     eu, plain = regional("m", 0, EU), regional("m", 1, None)
     dispatcher, _ = build_regional({}, {"m": ([eu, plain], {})}, EU)
     assert [d["region"] for d in dispatcher.health()] == [EU, None]
+
+
+async def test_a_deployment_in_no_region_is_neither_preferred_nor_another_regions():
+    unplaced, us = regional("m", 0, None, weight=1e9), regional("m", 1, US, weight=1e-9)
+    dispatcher, _ = build_regional({"m-0": [ok()], "m-1": [ok()]}, {"m": ([unplaced, us], {})}, EU)
+    ex = exchange("m", [unplaced, us])
+    await dispatcher.chat(ex)
+    assert names(ex) == ["m/0"]  # the balancer's choice: neither is eu-west's
+    assert (
+        counter(dispatcher, "gateway_cross_region_requests_total", region=EU, deployment_region="none") == 0
+    )
+    assert not dispatcher.regions.is_remote(unplaced)
+    assert dispatcher.regions.is_remote(us)
