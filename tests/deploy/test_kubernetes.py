@@ -284,6 +284,26 @@ def test_no_secret_is_committed(overlay):
                     assert re.fullmatch(r"\$\([A-Z_]+\)", url.password), variable
 
 
+def test_the_namespace_enforces_the_restricted_pod_security_profile(overlay):
+    (namespace,) = overlay.kind("Namespace").values()
+    labels = namespace["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    # What `restricted` asks of volumes: none from the host.
+    allowed = {
+        "configMap",
+        "emptyDir",
+        "persistentVolumeClaim",
+        "secret",
+        "projected",
+        "downwardAPI",
+        "ephemeral",
+    }
+    for name, workload in overlay.workloads.items():
+        for volume in kustomize.pod_spec(workload).get("volumes", []):
+            assert set(volume) - {"name"} <= allowed, (name, volume)
+        assert not kustomize.pod_spec(workload).get("hostNetwork"), name
+
+
 def test_containers_are_locked_down_with_requests_and_limits(overlay):
     image_uid = int(
         [i.arguments for i in parse(REPO / "Dockerfile") if i.keyword == "USER"][-1].split(":")[0]
