@@ -11,6 +11,9 @@ export DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 HOST ?= 127.0.0.1
 PORT ?= 8080
 LINT_PATHS := $(wildcard services tests bench)
+# `make up REGION=eu-west PORT_BASE=18080 REDIS_DB=1`: one region's topology (docs/deployment.md).
+TOPOLOGY_ARGS := $(if $(REGION),--region $(REGION)) $(if $(PORT_BASE),--port-base $(PORT_BASE)) \
+	$(if $(REDIS_DB),--redis-db $(REDIS_DB))
 
 .PHONY: venv run test up down status lint format bench bench-analytics clean
 
@@ -33,15 +36,15 @@ test: venv ## the whole suite; starts Redis/PostgreSQL where it can
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-up: venv ## the distributed topology: five processes on 8080-8084, Redis and PostgreSQL
+up: venv ## the distributed topology: five processes on 8080-8084 (or PORT_BASE), Redis and PostgreSQL
 	@scripts/ensure-services
-	$(BIN)/python -m services.topology up
+	$(BIN)/python -m services.topology up $(TOPOLOGY_ARGS)
 
 down:
-	$(BIN)/python -m services.topology down
+	$(BIN)/python -m services.topology down $(TOPOLOGY_ARGS)
 
 status:
-	$(BIN)/python -m services.topology status
+	$(BIN)/python -m services.topology status $(TOPOLOGY_ARGS)
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -46,6 +46,10 @@ class Price(_Strict):
 
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A region name as operators write them (`eu-west`, `us-east-1`): lower-case letters, digits
+# and dashes; it becomes a metric label value and a response header, so it is kept short.
+REGION_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+RegionName = Annotated[str, Field(pattern=REGION_NAME)]
 _MODEL_NAME = r"^[!-~]+$"  # printable ASCII, no spaces: it is sent back in response headers
 
 
@@ -76,6 +80,10 @@ class _DeploymentBase(_Strict):
     tpm: int | None = Field(default=None, ge=1)  # tokens per minute (prompt estimate + completion)
     breaker: Breaker = Breaker()
     price: Price | None = None  # unknown prices are recorded as unknown, never as zero
+    # Where the deployment processes requests (docs/deployment.md): routers prefer their own
+    # region's deployments, and a request restricted to regions goes only to deployments in
+    # them. None: not placed in any region (never used for a region-restricted request).
+    region: RegionName | None = None
 
     def secret_refs(self) -> dict[str, str]:
         """`{secret name: env var}` for every secret field that is set."""
@@ -420,6 +428,35 @@ class CacheConfig(_Strict):
     keys: dict[str, CacheRule] = {}  # by key id ("master" for the master key)
 
 
+class RegionConfig(_Strict):
+    """Multi-region routing (docs/deployment.md). One file serves every region; what
+    differs per region is the router's `name`, set per process by `GATEWAY_REGION`."""
+
+    # This router's region (`GATEWAY_REGION` wins). None: one region, no preference.
+    name: RegionName | None = None
+    # The regions in use. When given, every deployment's `region`, the router's and those
+    # in `residency` must be one of them, so a misspelt name stops the start.
+    names: tuple[RegionName, ...] = ()
+    # Requests served by a router in region R go only to deployments in `residency[R]`,
+    # whoever sends them (on top of any restriction of the key or team). A region not
+    # listed has no such restriction.
+    residency: dict[RegionName, tuple[RegionName, ...]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> RegionConfig:
+        if self.names:
+            named = [self.name] if self.name else []
+            for region, allowed in self.residency.items():
+                named += [region, *allowed]
+            for region in named:
+                if region not in self.names:
+                    raise ValueError(f"region {region!r} is not in region.names {list(self.names)}")
+        for region, allowed in self.residency.items():
+            if not allowed:
+                raise ValueError(f"residency of {region!r} names no region: no request could be served")
+        return self
+
+
 class GatewayConfig(_Strict):
     """The whole file."""
 
@@ -429,8 +466,22 @@ class GatewayConfig(_Strict):
     resilience: ResilienceConfig = ResilienceConfig()
     analytics: AnalyticsConfig = AnalyticsConfig()
     tracing: TracingConfig = TracingConfig()
+    region: RegionConfig = RegionConfig()
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     cache: CacheConfig = CacheConfig()
+
+    @model_validator(mode="after")
+    def _deployment_regions(self) -> GatewayConfig:
+        known = self.region.names
+        if known:
+            for model in self.models:
+                for index, dep in enumerate(model.deployments):
+                    if dep.region is not None and dep.region not in known:
+                        raise ValueError(
+                            f"model {model.name!r}, deployment {index}: region {dep.region!r}"
+                            f" is not in region.names {list(known)}"
+                        )
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:

@@ -29,6 +29,9 @@ class Principal:
     models: frozenset[str] | None = None  # public model names allowed; None = all
     limits: Limits = Limits()
     team_limits: Limits = Limits()
+    # Data residency: the regions whose deployments may serve this caller (the key's
+    # restriction narrowed by its team's); None = unrestricted. The router enforces it.
+    regions: frozenset[str] | None = None
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models

@@ -7,10 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from services.kernel.config import Catalog, ConfigError, GatewayConfig, build_catalog, load_config
+from services.kernel.config import (
+    REGION_NAME,
+    Catalog,
+    ConfigError,
+    GatewayConfig,
+    build_catalog,
+    load_config,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +36,7 @@ class Settings:
     cache_url: str | None = None
     analytics_url: str | None = None
     log_level: str = "INFO"
+    region: str | None = None  # this process's region: GATEWAY_REGION, else region.name
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -41,6 +50,17 @@ class Settings:
             )
         if len(master_key) < 8:
             raise ConfigError(f"{key_env} is too short: use at least 8 characters")
+        region = env.get("GATEWAY_REGION") or config.region.name
+        if region is not None:
+            if not re.fullmatch(REGION_NAME, region):
+                raise ConfigError(
+                    f"GATEWAY_REGION {region[:80]!r} is not a region name"
+                    " (lower-case letters, digits and dashes)"
+                )
+            if config.region.names and region not in config.region.names:
+                raise ConfigError(
+                    f"GATEWAY_REGION {region!r} is not in region.names {list(config.region.names)} of {path}"
+                )
         return cls(
             config=config,
             catalog=build_catalog(config, env),
@@ -53,6 +73,7 @@ class Settings:
             cache_url=env.get("CACHE_URL") or None,
             analytics_url=env.get("ANALYTICS_URL") or None,
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            region=region,
         )
 
     def replace(self, **changes: object) -> Settings:

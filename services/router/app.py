@@ -40,6 +40,7 @@ from services.router.pipeline import Pipeline
 from services.router.providers import adapters
 from services.router.providers.mock import mock_transport
 from services.router.reachability import Reachability
+from services.router.regions import RegionPolicy
 from services.router.relay import Relay
 from services.router.routing import CatalogResolver
 from services.router.sender import Sender, Transport
@@ -117,6 +118,7 @@ def create_app(
     config = settings.config
     catalog = settings.catalog
     given = stages or Stages()
+    regions = RegionPolicy.of(settings.region or config.region.name, config.region)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[RouterState]:
@@ -176,7 +178,13 @@ def create_app(
             stack.push_async_callback(_cancel, watch)
 
             dispatcher = Dispatcher(
-                sender, adapters(), metrics, redact, catalog=catalog, resilience=config.resilience
+                sender,
+                adapters(),
+                metrics,
+                redact,
+                catalog=catalog,
+                resilience=config.resilience,
+                regions=regions,
             )
             for deps in catalog.models.values():
                 for dep in deps:
@@ -218,6 +226,7 @@ def create_app(
                 max_body_bytes=config.server.max_body_bytes,
                 dialects=dialects(),
                 cache_enabled=cache_enabled,
+                region=regions.local,
             )
             owners = {name: deps[0].provider for name, deps in catalog.models.items()}
             owners |= {alias: owners[name] for alias, name in catalog.aliases.items()}

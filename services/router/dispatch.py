@@ -14,6 +14,11 @@ The order of tries:
    another model lives in another vector space);
 4. a context-length error jumps to the model's `context_fallbacks` instead.
 
+Regions (`regions.py`): within each model, the deployments of the router's own
+region come first, so another region's take a request only once its own have none
+healthy; a request restricted to regions never reaches a deployment outside them,
+fallbacks included: when only those are left it gets a clear error instead.
+
 An error no other try can fix (a 400, rejected credentials) ends it at once. No try
 starts after `resilience.deadline_s`, and a try never outlives it. A stream is tried
 again only until its first meaningful chunk is read, which is before any byte has
@@ -36,6 +41,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from services.kernel.config import Catalog, Deployment, ResilienceConfig
 from services.kernel.errors import (
+    Forbidden,
     GatewayError,
     InvalidRequest,
     RateLimited,
@@ -58,6 +64,7 @@ from services.router.providers.base import (
 )
 from services.router.providers.params import finish_embeddings
 from services.router.providers.tokens import count_messages, count_text
+from services.router.regions import RegionPolicy, describe
 from services.router.routing import Balancer
 from services.router.sender import (
     ConnectFailed,
@@ -181,6 +188,8 @@ class _Run(Generic[T]):
     skipped: list[_Skipped] = dataclasses.field(default_factory=list)
     last: GatewayError | None = None
     jump: Sequence[str] | None = None  # context fallbacks to go to next
+    allowed: frozenset[str] | None = None  # the regions the request may be served in
+    withheld: bool = False  # residency left out a deployment a failover would have tried
 
 
 class Dispatcher:
@@ -195,6 +204,7 @@ class Dispatcher:
         resilience: ResilienceConfig | None = None,
         balancer: Balancer | None = None,
         breakers: Breakers | None = None,
+        regions: RegionPolicy | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -206,6 +216,7 @@ class Dispatcher:
         self.resilience = resilience or ResilienceConfig()
         self.balancer = balancer or Balancer()
         self.breakers = breakers or Breakers(on_change=self._circuit_changed)
+        self.regions = regions or RegionPolicy()
         self.rng = rng or random.Random()
         self.sleep = sleep
         # Counting a prompt's tokens walks every message with a regex: only when a token
@@ -277,14 +288,27 @@ class Dispatcher:
             deadline=loop.time() + self.resilience.deadline_s - (time.perf_counter() - ex.started),
             tokens=prompt_estimate(ex) if self.counts_tokens else 0,
             first_model=ex.route.model,
+            allowed=self.regions.allowed(ex.principal),
         )
-        queue = collections.deque(self._chain(ex, fallbacks, run.tokens))
+        queue = collections.deque(self._placed(run, self._chain(ex, fallbacks, run.tokens)))
+        if not queue:
+            self.metrics.residency_refusal("no_deployment")
+            assert run.allowed is not None  # only residency empties a chain
+            raise Forbidden(
+                f"The model '{ex.route.model}' has no deployment in the regions this request may be"
+                f" served in ({describe(run.allowed)}).",
+                param="model",
+                code="region_not_allowed",
+                headers={"x-should-retry": "false"},
+            )
         deferred: list[tuple[float, int, Deployment, str, Sequence[Deployment]]] = []
         while queue:
             model, deployments = queue.popleft()
             run.tried.add(model)
             config = self.catalog.configs.get(model)
-            ordered = self.balancer.order(deployments, config.balancing if config else "weighted")
+            ordered = self.regions.prefer(
+                self.balancer.order(deployments, config.balancing if config else "weighted")
+            )
             for position, dep in enumerate(ordered):
                 why = self.balancer.unavailable(dep, run.tokens)
                 if why is None and not self.breakers.allow(dep):
@@ -299,20 +323,61 @@ class Dispatcher:
                 if outcome is not _NEXT:
                     return cast(T, outcome)
                 if run.jump is not None:
-                    queue = collections.deque(self._allowed(ex, run.jump, run.tried))
+                    queue = collections.deque(self._placed(run, self._allowed(ex, run.jump, run.tried)))
                     run.jump = None
                     break
         if run.last is None and deferred:
             # Everything left was cooling down (open circuit, or its own Retry-After) and
             # nothing else can answer: try those anyway, soonest-ready first, once each,
-            # rather than refuse a request a recovered deployment could serve.
-            for _, _, dep, model, deployments in sorted(deferred, key=lambda d: d[:2]):
+            # rather than refuse a request a recovered deployment could serve (the router's
+            # own region first, as always).
+            def soonest(
+                d: tuple[float, int, Deployment, str, Sequence[Deployment]],
+            ) -> tuple[bool, float, int]:
+                return self.regions.is_remote(d[2]), d[0], d[1]
+
+            for _, _, dep, model, deployments in sorted(deferred, key=soonest):
                 outcome = await self._on(run, dep, model, deployments, last_candidate=False, retries=0)
                 if outcome is not _NEXT:
                     return cast(T, outcome)
+        if run.withheld:
+            raise self._kept_in_region(ex, run)
         if run.last is not None:
             raise run.last
         raise self._none_available(ex, run.skipped)
+
+    def _placed(
+        self, run: _Run[Any], chain: Sequence[tuple[str, Sequence[Deployment]]]
+    ) -> list[tuple[str, Sequence[Deployment]]]:
+        """The chain without the deployments the request's regions rule out (and without
+        the models left with none); remembers whether residency took any out."""
+        allowed = run.allowed
+        if allowed is None:
+            return list(chain)
+        placed: list[tuple[str, Sequence[Deployment]]] = []
+        for model, deployments in chain:
+            kept = [d for d in deployments if RegionPolicy.admits(allowed, d)]
+            if len(kept) < len(deployments):
+                run.withheld = True
+            if kept:
+                placed.append((model, kept))
+        return placed
+
+    def _kept_in_region(self, ex: Exchange, run: _Run[Any]) -> GatewayError:
+        """Every deployment the request may use failed or is cooling down, and the ones
+        that could have taken over are outside its regions: say so, rather than go there."""
+        assert run.allowed is not None
+        self.metrics.residency_refusal("unavailable")
+        model = ex.route.model if ex.route is not None else ""
+        wait = str(max(1, math.ceil(min((s.wait for s in run.skipped), default=1.0))))
+        cause = f" (last error: {run.last.message})" if run.last is not None else ""
+        return ServiceUnavailable(
+            f"No deployment of '{model}' in the regions this request may be served in"
+            f" ({describe(run.allowed)}) could answer{cause}; deployments in other regions are"
+            " not used for it.",
+            code="region_unavailable",
+            headers={"retry-after": wait},
+        )
 
     async def _on(
         self,
@@ -354,6 +419,8 @@ class Dispatcher:
                 self.breakers.success(dep)
                 self.balancer.observe(dep, latency)
                 self.metrics.attempt(dep, 200)
+                if self.regions.local is not None and self.regions.is_remote(dep):
+                    self.metrics.cross_region_answer(dep, self.regions.local)
                 ex.lease = dep
                 if model != run.first_model:
                     ex.route = Route(model, tuple(deployments), f"fallback from {run.first_model}")
@@ -554,6 +621,7 @@ class Dispatcher:
                         "model": model,
                         "provider": dep.provider,
                         "upstream_model": dep.model,
+                        "region": dep.config.region,
                         "state": self.breakers.state(dep),
                         "consecutive_failures": circuit.failures,
                         "times_opened": circuit.opened_total,

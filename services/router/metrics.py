@@ -95,6 +95,20 @@ class RouterMetrics:
             ["provider", "deployment"],
             registry=registry,
         )
+        self.cross_region = Counter(
+            "gateway_cross_region_requests_total",
+            "Requests answered by a deployment placed in another region than the router's"
+            " (a failover, or a model with no deployment in the router's region)",
+            ["region", "deployment_region"],
+            registry=registry,
+        )
+        self.residency_refusals = Counter(
+            "gateway_residency_refusals_total",
+            "Requests refused to keep them in their regions: no_deployment (none of the model's"
+            " deployments is in them), unavailable (those in them failed; others were not tried)",
+            ["reason"],
+            registry=registry,
+        )
         self._attempt_children: dict[tuple[str, str], Any] = {}
         self.cost = Counter(
             "gateway_cost_total",
@@ -198,6 +212,13 @@ class RouterMetrics:
 
     def circuit(self, dep: Deployment, state: str) -> None:
         self.circuit_state.labels(dep.provider, dep.name).set(CIRCUIT_STATES[state])
+
+    def cross_region_answer(self, dep: Deployment, local: str) -> None:
+        # Both values come from the configuration (the router's region is validated at start).
+        self.cross_region.labels(local, dep.config.region or NONE).inc()
+
+    def residency_refusal(self, reason: str) -> None:
+        self.residency_refusals.labels(reason).inc()
 
     def upstream_error(self, dep: Deployment, code: str | None) -> None:
         self.upstream_errors.labels(dep.provider, dep.name, code or NONE).inc()

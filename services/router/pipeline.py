@@ -113,6 +113,7 @@ class Pipeline:
         max_body_bytes: int,
         cache_enabled: bool = False,
         dialects: Mapping[str, Dialect] | None = None,
+        region: str | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.resolver = resolver
@@ -126,12 +127,15 @@ class Pipeline:
         self.max_body_bytes = max_body_bytes
         self.cache_enabled = cache_enabled
         self.dialects = dialects or {}
+        self.region = region  # this router's: on every exchange, for the cache and the usage event
 
     async def handle(
         self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send, request_id: str
     ) -> None:
         dialect = self.dialects.get(endpoint, OPENAI)
-        ex = Exchange(request_id, endpoint, headers=dialect.headers(dict(scope["headers"])))
+        ex = Exchange(
+            request_id, endpoint, headers=dialect.headers(dict(scope["headers"])), region=self.region
+        )
         self.metrics.stats.in_flight += 1
         try:
             await self._run(ex, receive, send, dialect)

