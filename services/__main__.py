@@ -39,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: REDIS_URL is required to run {args.service} on its own", file=sys.stderr)
         return 2
     configure_logging(args.service, settings.log_level)
-    app = importlib.import_module(module_name).create_app(settings)
+    try:
+        app = importlib.import_module(module_name).create_app(settings)
+    except ConfigError as exc:  # files the configuration names (e.g. the classifier's rules)
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     logging.getLogger("gateway").info(
         "starting",
         extra={

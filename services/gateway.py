@@ -15,6 +15,7 @@ from services.cache import app as cache_app
 from services.cache.client import CacheClient
 from services.classifier import app as classifier_app
 from services.classifier.client import ClassifierClient
+from services.kernel.encoder import Encoder
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.service import ServiceApp
 from services.kernel.settings import Settings
@@ -27,7 +28,14 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
     settings = settings.replace(redis_url=None, database_url=None)
     stream = MemoryUsageStream()
     auth = auth_app.create_app(settings, process_metrics=False)
-    classifier = classifier_app.create_app(settings, process_metrics=False)
+    # One embedding model per process: the classifier and the semantic cache share it.
+    encoder_config = settings.config.classifier
+    encoder = Encoder(
+        max_batch=encoder_config.max_batch,
+        threads=encoder_config.encoder_threads,
+        backend=encoder_config.encoder_backend,
+    )
+    classifier = classifier_app.create_app(settings, process_metrics=False, encoder=encoder)
     cache = cache_app.create_app(settings, process_metrics=False)
     analytics = analytics_app.create_app(settings, stream=stream, process_metrics=False)
     helpers = router_app.Helpers(

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -18,7 +19,7 @@ from starlette.routing import Route
 from services.analytics.client import AnalyticsClient
 from services.auth.client import AuthClient
 from services.cache.client import CacheClient
-from services.classifier.client import ClassifierClient
+from services.classifier.client import ClassifierClient, RuleClassifier
 from services.kernel.client import ServiceClient
 from services.kernel.errors import MethodNotAllowed
 from services.kernel.lifecycle import Lifecycle
@@ -26,6 +27,7 @@ from services.kernel.redact import Redactor
 from services.kernel.service import ServiceApp, build_app
 from services.kernel.settings import Settings
 from services.kernel.stream import RedisUsageStream, UsageStream
+from services.router.autoroute import AutoResolver
 from services.router.dispatch import Dispatcher
 from services.router.ingress import ModelCards, RouterApp, RouterState
 from services.router.metrics import RouterMetrics
@@ -102,6 +104,12 @@ def create_app(
     config = settings.config
     catalog = settings.catalog
     given = stages or Stages()
+    # Loaded here, not in the lifespan, so a bad rules file stops the start with its message.
+    rules = None
+    if config.routing is not None and given.resolver is None:
+        rules = RuleClassifier.load(
+            Path(config.classifier.rules_file) if config.classifier.rules_file else None
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[RouterState]:
@@ -149,11 +157,24 @@ def create_app(
             watch = asyncio.create_task(watch_helpers(clients, metrics), name="helper-probes")
             stack.push_async_callback(_cancel, watch)
 
+            resolver = given.resolver or CatalogResolver(catalog)
+            auto_aliases: list[str] = []
+            if rules is not None and config.routing is not None:
+                classifier = clients.classifier
+                auto = AutoResolver(
+                    CatalogResolver(catalog),
+                    config.routing,
+                    rules,
+                    classifier=classifier if isinstance(classifier, ClassifierClient) else None,
+                    metrics=metrics,
+                    registry=registry,
+                )
+                resolver, auto_aliases = auto, auto.available()
             admission = given.admission or Unlimited()
             cache = given.cache or NoCache()
             pipeline = Pipeline(
                 authenticator=given.authenticator or MasterKeyAuthenticator(settings.master_key),
-                resolver=given.resolver or CatalogResolver(catalog),
+                resolver=resolver,
                 admission=admission,
                 cache=cache,
                 dispatcher=Dispatcher(sender, adapters(), metrics, redact),
@@ -174,6 +195,7 @@ def create_app(
             )
             owners = {name: deps[0].provider for name, deps in catalog.models.items()}
             owners |= {alias: owners[name] for alias, name in catalog.aliases.items()}
+            owners |= dict.fromkeys(auto_aliases, "gateway")  # routing aliases: the gateway chooses
             yield {"pipeline": pipeline, "models": ModelCards(pipeline, owners)}
 
     async def ready() -> dict[str, str]:
