@@ -160,10 +160,12 @@ class Shape:
     questions: int
 
 
-def shape(text: str) -> Shape:
+def shape(text: str, chars: int | None = None) -> Shape:
+    """Measurements of `text`; `chars`, when given, is the length of the whole message
+    `text` is a window of (ratios are of the window)."""
     size = len(text) or 1
     return Shape(
-        chars=len(text),
+        chars=len(text) if chars is None else chars,
         lines=text.count("\n") + 1,
         digit_ratio=len(_DIGIT.findall(text)) / size,
         code_symbol_ratio=len(_CODE_SYMBOLS.findall(text)) / size,
