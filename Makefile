@@ -12,7 +12,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 LINT_PATHS := $(wildcard services tests bench)
 
-.PHONY: venv run test up down status lint format bench clean
+.PHONY: venv run test up down status lint format bench clean train-classifier evaluate-classifier bench-classifier
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,17 @@ format: venv
 
 bench: venv
 	bench/run.sh
+
+train-classifier: venv ## fit the classifier's heads on the shipped data → services/classifier/heads.npz
+	$(BIN)/python -m services.classifier.train
+
+evaluate-classifier: venv ## the classifier's figures: category accuracy, P/R/F1, confusion; APGR by subject
+	$(BIN)/python -m services.classifier.evaluate --json services/classifier/evaluation.json
+
+bench-classifier: venv ## rule and ML stage latency, memory, auto's added latency, cost share
+	$(BIN)/python -m bench.classifier.latency
+	$(BIN)/python -m bench.classifier.auto_overhead
+	$(BIN)/python -m bench.classifier.cost_share
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

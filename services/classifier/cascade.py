@@ -34,7 +34,7 @@ class Classification:
     """The classifier's answer for one prompt."""
 
     category: str
-    difficulty: float  # 0 = any model will do … 1 = only the strong model gets it right
+    difficulty: float  # how likely a cheap model is to fail it: 0 = any model will do
     confidence: float  # probability of `category` according to the stage that decided
     method: Method
     seconds: float

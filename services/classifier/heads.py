@@ -1,10 +1,10 @@
 """The ML stage's trained heads: small linear models over the sentence embedding.
 
 - category: multinomial logistic regression, embedding → one probability per category;
-- difficulty: logistic regressions over the embedding plus the structure features of
-  `prompt.features` (standardised); the score is the product of their probabilities —
-  with the shipped heads, P(the cheap model fails) * P(the strong model succeeds): how
-  likely the prompt is one that only the strong model gets right.
+- difficulty: logistic regression over the embedding plus the structure features of
+  `prompt.features` (standardised): how likely the cheap model is to fail the prompt.
+  (The file may hold several such regressions; the score is then the product of their
+  probabilities.)
 
 `make train-classifier` writes them to `heads.npz` (a few tens of KB); loading is numpy
 only and takes milliseconds, inference is a matrix-vector product (microseconds).

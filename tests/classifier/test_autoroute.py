@@ -36,7 +36,7 @@ ROUTING = RoutingConfig.model_validate(
             "translation": "cheap",
             "general": {"easy": "cheap", "hard": ["missing-model", "strong"]},
         },
-        "aliases": {"auto": {"medium": 0.2, "hard": 0.3}, "auto-best": {"medium": 0, "hard": 0}},
+        "aliases": {"auto": {"medium": 0.3, "hard": 0.45}, "auto-best": {"medium": 0, "hard": 0}},
         "classifier_timeout_ms": 50,
         "classifier_retry_s": 30,
     }
@@ -84,7 +84,7 @@ def outcomes(registry: CollectorRegistry, outcome: str) -> float:
 
 def test_bands_start_at_the_alias_thresholds():
     alias = ROUTING.aliases["auto"]
-    assert [band_of(d, alias) for d in (0.0, 0.19, 0.2, 0.29, 0.3, 1.0)] == [
+    assert [band_of(d, alias) for d in (0.0, 0.29, 0.3, 0.44, 0.45, 1.0)] == [
         "easy",
         "easy",
         "medium",
@@ -94,12 +94,19 @@ def test_bands_start_at_the_alias_thresholds():
     ]
 
 
+HARD_CODE = "Write a Python function that merges k sorted lists without using heapq; handle the edge cases."
+EASY_CODE = "Write a Python function to sort a list."
+
+
 async def test_without_a_classifier_the_rules_route_and_the_reason_says_so():
-    route = await resolver().resolve(exchange("Write a Python function that reverses a linked list."), "auto")
-    assert route.model == "strong"  # code, difficulty 0.35 from the rules: the hard band
+    route = await resolver().resolve(exchange(HARD_CODE), "auto")
+    assert route.model == "strong"  # code with constraints: the medium band, the strong model
     assert route.reason.startswith("auto: category=code; difficulty=0.")
     assert route.reason.endswith("method=rules")
     assert route.deployments == (STRONG,)
+    easy = await resolver().resolve(exchange(EASY_CODE), "auto")
+    assert easy.model == "cheap"
+    assert "band=easy" in easy.reason
 
 
 async def test_an_easy_translation_goes_to_the_cheap_model():
@@ -140,7 +147,7 @@ async def test_a_key_needs_the_alias_in_its_allowlist():
     with pytest.raises(Forbidden):
         await resolver().resolve(exchange("hi", limited), "auto")
     allowed = Principal("k", "member", models=frozenset({"auto"}))
-    route = await resolver().resolve(exchange("Write a Python function to sort a list.", allowed), "auto")
+    route = await resolver().resolve(exchange(HARD_CODE, allowed), "auto")
     assert route.model == "strong"  # the alias grants the models of its table
 
 
