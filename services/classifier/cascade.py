@@ -90,7 +90,7 @@ class Cascade:
             return Classification.from_rules(verdict, started)
         probabilities = self.heads.category_probabilities(embedding)[0]
         best = int(probabilities.argmax())
-        difficulty = float(self.heads.difficulty(embedding, [text])[0])
+        difficulty = float(self.heads.difficulty(embedding, [prompt.user])[0])
         return Classification(
             self.heads.categories[best],
             round(difficulty, 4),

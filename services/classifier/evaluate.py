@@ -23,7 +23,7 @@ import numpy as np
 from services.classifier import corpus
 from services.classifier.heads import DEFAULT_HEADS, Heads
 from services.classifier.metrics import accuracy, apgr, confusion, cpt, per_class
-from services.classifier.prompt import Prompt
+from services.classifier.prompt import of_text
 from services.classifier.rules import RuleClassifier
 from services.classifier.train import default_cache
 from services.classifier.training import EmbeddingCache, build_heads, fit_difficulty
@@ -55,9 +55,9 @@ def category_report(
     """Predictions of the rules, the head and the cascade on `examples`."""
     labels = heads.categories
     truth = [e.category for e in examples]
-    verdicts = [rules.classify(Prompt(user=e.text)) for e in examples]
+    verdicts = [rules.classify(of_text(e.text)) for e in examples]
     by_rules = [v.category for v in verdicts]
-    probabilities = heads.category_probabilities(cache.embed([e.text for e in examples]))
+    probabilities = heads.category_probabilities(cache.embed_prompts([e.text for e in examples]))
     by_head = [labels[i] for i in probabilities.argmax(axis=1)]
     by_cascade = [
         v.category if v.confidence >= rules.confidence else h for v, h in zip(verdicts, by_head, strict=True)
@@ -79,7 +79,7 @@ def category_report(
 def difficulty_report(rules: RuleClassifier, cache: EmbeddingCache) -> dict[str, object]:
     rows = corpus.outcomes()
     texts = [r.text for r in rows]
-    embeddings = cache.embed(texts)
+    embeddings = cache.embed_prompts(texts)
     subjects = np.array([r.subject for r in rows])
     weak = np.array([r.weak_correct for r in rows], dtype=float)
     strong = np.array([r.strong_correct for r in rows], dtype=float)
@@ -92,13 +92,13 @@ def difficulty_report(rules: RuleClassifier, cache: EmbeddingCache) -> dict[str,
         )
         fold = build_heads(("x", "y"), (np.zeros((2, 384)), np.zeros(2)), fit, {})
         test_idx = np.flatnonzero(test)
-        head[test_idx] = fold.difficulty(embeddings[test_idx], [texts[i] for i in test_idx])
+        head[test_idx] = fold.difficulty(embeddings[test_idx], [of_text(texts[i]).user for i in test_idx])
         print(f"  fold {subject}: done", file=sys.stderr)
     scorers = {
         "head (held-out subject)": head,
         "prompt length": np.array([len(t) for t in texts], dtype=float),
         "rule stage": np.array(
-            [rules.classify(Prompt(user=t)).difficulty + 1e-9 * len(t) for t in texts], dtype=float
+            [rules.classify(of_text(t)).difficulty + 1e-9 * len(t) for t in texts], dtype=float
         ),
     }
     report: dict[str, object] = {"weak_accuracy": weak.mean(), "strong_accuracy": strong.mean()}

@@ -93,6 +93,7 @@ class Heads:
         return np.hstack([embeddings, (raw - self.feature_mean) / self.feature_std])
 
     def difficulty(self, embeddings: np.ndarray, texts: list[str]) -> np.ndarray:
-        """(n,) difficulty scores in [0, 1]."""
+        """(n,) difficulty scores in [0, 1]; `texts` are the user messages (`Prompt.user`),
+        whose structure features complete the embeddings of their `Prompt.text`."""
         logits = self.difficulty_inputs(embeddings, texts) @ self.difficulty_w.T + self.difficulty_b
         return np.prod(1.0 / (1.0 + np.exp(-logits)), axis=1)

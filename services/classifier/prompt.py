@@ -18,6 +18,10 @@ from typing import Any
 SYSTEM_CHARS = 1000
 HEAD_CHARS = 3000
 TAIL_CHARS = 1000
+# What the embedding model reads: its cost grows with the tokens (a 256-token prompt costs
+# ~15x a 20-token one), and what is asked is at the start and the end of a message.
+MODEL_HEAD_CHARS = 600
+MODEL_TAIL_CHARS = 300
 MAX_SCANNED_MESSAGES = 64  # from the end: older turns do not change what is asked now
 
 
@@ -31,8 +35,17 @@ class Prompt:
 
     @property
     def text(self) -> str:
-        """What the embedding model reads: the instructions, then the question."""
-        return f"{self.system}\n\n{self.user}" if self.system else self.user
+        """What the embedding model reads: the instructions, then the start and the end
+        of the question (at most ~1,000 characters, ~200 tokens)."""
+        user = self.user
+        if len(user) > MODEL_HEAD_CHARS + MODEL_TAIL_CHARS:
+            user = user[:MODEL_HEAD_CHARS] + " … " + user[-MODEL_TAIL_CHARS:]
+        return f"{self.system[:MODEL_TAIL_CHARS]}\n\n{user}" if self.system else user
+
+
+def of_text(text: str) -> Prompt:
+    """The prompt of a single user message (training data, benchmarks)."""
+    return Prompt(user=_bounded(text))
 
 
 def _bounded(text: str) -> str:

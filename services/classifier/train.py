@@ -42,12 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     examples = corpus.examples()
     train, held_out = corpus.split(examples)
     print(f"category examples: {len(train)} to train, {len(held_out)} held out", file=sys.stderr)
-    category_fit = fit_category(cache.embed([e.text for e in train]), [e.category for e in train], categories)
+    category_fit = fit_category(
+        cache.embed_prompts([e.text for e in train]), [e.category for e in train], categories
+    )
 
     rows = corpus.outcomes()
     texts = [r.text for r in rows]
     print(f"difficulty rows: {len(rows)} from {len({r.subject for r in rows})} subjects", file=sys.stderr)
-    difficulty_fit = fit_difficulty(cache.embed(texts), texts, rows)
+    difficulty_fit = fit_difficulty(cache.embed_prompts(texts), texts, rows)
 
     info = {
         "backend": cache.backend,

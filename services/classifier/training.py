@@ -20,7 +20,7 @@ import numpy as np
 
 from services.classifier.corpus import Outcome
 from services.classifier.heads import Heads
-from services.classifier.prompt import FEATURES, features
+from services.classifier.prompt import FEATURES, features, of_text
 from services.kernel.encoder import DIMENSIONS, MAX_CHARS, load_backend
 
 CATEGORY_C = 4.0  # inverse regularisation of the category head
@@ -44,6 +44,10 @@ class EmbeddingCache:
 
     def _key(self, text: str) -> str:
         return hashlib.sha256(f"{self.backend}\0{text[:MAX_CHARS]}".encode()).hexdigest()[:32]
+
+    def embed_prompts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of raw prompts as the classifier embeds them (`Prompt.text`)."""
+        return self.embed([of_text(t).text for t in texts])
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if self._model is None:
@@ -87,7 +91,9 @@ def fit_category(embeddings: np.ndarray, labels: Sequence[str], categories: Sequ
 
 
 def feature_matrix(texts: Sequence[str]) -> np.ndarray:
-    return np.array([features(t) for t in texts], dtype=np.float32).reshape(len(texts), len(FEATURES))
+    """Structure features of raw prompts, as the classifier computes them (`Prompt.user`)."""
+    rows = [features(of_text(t).user) for t in texts]
+    return np.array(rows, dtype=np.float32).reshape(len(texts), len(FEATURES))
 
 
 def fit_difficulty(embeddings: np.ndarray, texts: Sequence[str], rows: Sequence[Outcome]) -> tuple:

