@@ -26,6 +26,11 @@ from typing import Any
 import numpy as np
 
 MAX_TOKENS = 256  # the model's own limit (sentence-transformers' max_seq_length)
+# A forward pass pads every text to the longest of its batch, and padding costs as much as
+# text: a batch is split into runs of similar length (the longest at most ~30 % longer than
+# the shortest) of at most BATCH_TOKENS padded tokens. Measured: 32 mixed prompts as one
+# padded batch ran 4.5x slower than one by one; grouped by length they run faster.
+BATCH_TOKENS = 4096
 FILE_NAME = "all-MiniLM-L6-v2.onnx"
 
 
@@ -45,7 +50,7 @@ class OnnxModel:
 
         self.tokenizer = Tokenizer.from_file(str(Path(model_path()) / "tokenizer.json"))
         self.tokenizer.enable_truncation(MAX_TOKENS)
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.tokenizer.no_padding()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -53,11 +58,29 @@ class OnnxModel:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        (vectors,) = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        tokens = [e.ids for e in self.tokenizer.encode_batch(texts)]
+        order = sorted(range(len(texts)), key=lambda i: len(tokens[i]))
+        out = np.empty((len(texts), 384), dtype=np.float32)
+        start = 0
+        while start < len(order):
+            shortest = len(tokens[order[start]])
+            end = start + 1
+            while end < len(order):
+                longest = len(tokens[order[end]])
+                if longest > shortest * 1.3 + 4 or longest * (end - start + 1) > BATCH_TOKENS:
+                    break
+                end += 1
+            run = order[start:end]
+            width = len(tokens[run[-1]])
+            ids = np.zeros((len(run), width), dtype=np.int64)
+            mask = np.zeros((len(run), width), dtype=np.int64)
+            for row, i in enumerate(run):
+                ids[row, : len(tokens[i])] = tokens[i]
+                mask[row, : len(tokens[i])] = 1
+            (vectors,) = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
+            out[run] = vectors
+            start = end
+        return out
 
 
 def export(target: Path) -> Path:
