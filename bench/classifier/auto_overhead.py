@@ -71,9 +71,24 @@ async def measure(url: str, prompts: list[str], model: str, concurrency: int, to
     return latencies
 
 
+def counts(url: str) -> dict[str, float]:
+    """How `auto` requests were decided so far, from the router's metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("gateway_auto_routes_total{"):
+            method = line.split('method="')[1].split('"')[0]
+            out[method] = out.get(method, 0) + float(line.rsplit(" ", 1)[1])
+        elif line.startswith("gateway_stage_outcomes_total{") and 'stage="classifier"' in line:
+            outcome = line.split('outcome="')[1].split('"')[0]
+            out[outcome] = out.get(outcome, 0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 async def run(url: str, total: int) -> None:
     for concurrency in (1, 32):
         for label, prompts in (("rules decide", RULES_PROMPTS), ("model decides", MODEL_PROMPTS)):
+            before = counts(url)
             await measure(url, prompts, "auto", concurrency, 50)  # warm up
             plain: list[float] = []
             auto: list[float] = []
@@ -92,6 +107,9 @@ async def run(url: str, total: int) -> None:
                 f"auto p50 {ms['auto'][0]:6.2f} ms p99 {ms['auto'][1]:6.2f} ms | "
                 f"added p50 {p50:+.2f} ms, p99 {p99:+.2f} ms"
             )
+            after = counts(url)
+            delta = {k: int(after.get(k, 0) - before.get(k, 0)) for k in after}
+            print(f"    auto decided by: {delta}")
 
 
 def main(argv: list[str] | None = None) -> int:
