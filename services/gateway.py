@@ -46,10 +46,14 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
     auth_client = AuthClient.in_process(auth)
     assert isinstance(auth_client, AuthClient)
     auth_client.invalidations = invalidations
-    # One embedding model per process, shared by the helpers that need it.
-    cache_config = settings.config.cache
-    encoder = Encoder() if cache_config.enabled and cache_config.semantic else None
-    classifier = classifier_app.create_app(settings, process_metrics=False)
+    # One embedding model per process: the classifier and the semantic cache share it.
+    encoder_config = settings.config.classifier
+    encoder = Encoder(
+        max_batch=encoder_config.max_batch,
+        threads=encoder_config.encoder_threads,
+        backend=encoder_config.encoder_backend,
+    )
+    classifier = classifier_app.create_app(settings, process_metrics=False, encoder=encoder)
     cache = cache_app.create_app(settings, encoder=encoder, process_metrics=False)
     analytics = analytics_app.create_app(settings, stream=stream, process_metrics=False, auth=auth_client)
     helpers = router_app.Helpers(
@@ -63,7 +67,7 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
         stream=stream,
         helpers=helpers,
         sub_apps=[
-            *([shared_model(encoder)] if encoder is not None else []),
+            shared_model(encoder),
             auth,
             classifier,
             cache,

@@ -457,6 +457,82 @@ class RegionConfig(_Strict):
         return self
 
 
+class ClassifierConfig(_Strict):
+    """The classifier service (and the router's in-process rule fallback)."""
+
+    rules_file: str | None = Field(default=None, min_length=1)  # default: services/classifier/rules.yaml
+    heads_file: str | None = Field(default=None, min_length=1)  # default: services/classifier/heads.npz
+    encoder_backend: Literal["auto", "onnx", "torch"] = "auto"  # auto: onnx when exported, else torch
+    encoder_threads: int = Field(default=1, ge=1, le=64)
+    max_batch: int = Field(default=64, ge=1, le=1024)  # texts per forward pass
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+
+
+ModelList = Annotated[
+    tuple[Annotated[str, Field(min_length=1, max_length=256, pattern=_MODEL_NAME)], ...], Field(min_length=1)
+]
+BANDS = ("easy", "medium", "hard")
+
+
+def _models(value: object) -> object:
+    return (value,) if isinstance(value, str) else value
+
+
+class RouteRow(_Strict):
+    """One category's models per difficulty band (each a model or an ordered list to try)."""
+
+    easy: ModelList | None = None
+    medium: ModelList | None = None
+    hard: ModelList | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_model_for_all(cls, value: object) -> object:
+        if isinstance(value, str | list | tuple):  # `code: gpt-4o` = that model in every band
+            return dict.fromkeys(BANDS, _models(value))
+        if isinstance(value, dict):
+            return {k: _models(v) for k, v in value.items()}
+        return value
+
+
+class AutoAlias(_Strict):
+    """A public name (`auto`, `auto-cheap`, ...) and where its difficulty bands start."""
+
+    medium: float = Field(default=0.2, ge=0, le=1)  # difficulty ≥ medium → the medium band
+    hard: float = Field(default=0.35, ge=0, le=1)  # difficulty ≥ hard → the hard band
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoAlias:
+        if self.medium > self.hard:
+            raise ValueError("medium must not be above hard")
+        return self
+
+
+class RoutingConfig(_Strict):
+    """Automatic routing: category x difficulty band → model, for the `aliases` names."""
+
+    default: ModelList  # a category or band the table does not name goes here
+    table: dict[str, RouteRow] = {}
+    aliases: dict[Annotated[str, Field(min_length=1, max_length=256, pattern=_MODEL_NAME)], AutoAlias] = (
+        Field(min_length=1)
+    )
+    classifier_timeout_ms: float = Field(default=50.0, gt=0, le=10_000)
+    classifier_retry_s: float = Field(default=5.0, ge=0, le=3600)  # after a failure: rules only, this long
+
+    @field_validator("default", mode="before")
+    @classmethod
+    def _default_list(cls, value: object) -> object:
+        return _models(value)
+
+    def targets(self) -> set[str]:
+        """Every model name the routing table can choose."""
+        names = set(self.default)
+        for row in self.table.values():
+            for band in BANDS:
+                names.update(getattr(row, band) or ())
+        return names
+
+
 class GatewayConfig(_Strict):
     """The whole file."""
 
@@ -467,6 +543,8 @@ class GatewayConfig(_Strict):
     analytics: AnalyticsConfig = AnalyticsConfig()
     tracing: TracingConfig = TracingConfig()
     region: RegionConfig = RegionConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    routing: RoutingConfig | None = None
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     cache: CacheConfig = CacheConfig()
 
@@ -502,6 +580,13 @@ class GatewayConfig(_Strict):
                         )
                     if name == model.name or name in model.aliases:
                         raise ValueError(f"model {model.name!r}: {field} names the model itself")
+        if self.routing is not None:
+            for alias in self.routing.aliases:
+                if alias in seen:
+                    raise ValueError(f"routing alias {alias!r} is also a model name or alias")
+            unknown = sorted(self.routing.targets() - seen)
+            if unknown:
+                raise ValueError(f"routing names models that are not configured: {unknown}")
         return self
 
     @model_validator(mode="after")

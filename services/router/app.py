@@ -20,7 +20,7 @@ from starlette.routing import Route
 from services.analytics.client import AnalyticsClient
 from services.auth.client import AuthClient
 from services.cache.client import CacheClient
-from services.classifier.client import ClassifierClient
+from services.classifier.client import ClassifierClient, RuleClassifier
 from services.kernel.client import ServiceClient
 from services.kernel.errors import MethodNotAllowed
 from services.kernel.lifecycle import Lifecycle
@@ -28,6 +28,7 @@ from services.kernel.redact import Redactor
 from services.kernel.service import ServiceApp, build_app
 from services.kernel.settings import Settings
 from services.kernel.stream import RedisUsageStream, UsageStream
+from services.router.autoroute import AutoResolver
 from services.router.caching import GatewayCache
 from services.router.dialect import dialects
 from services.router.dispatch import Dispatcher
@@ -119,6 +120,12 @@ def create_app(
     catalog = settings.catalog
     given = stages or Stages()
     regions = RegionPolicy.of(settings.region or config.region.name, config.region)
+    # Loaded here, not in the lifespan, so a bad rules file stops the start with its message.
+    rules = None
+    if config.routing is not None and given.resolver is None:
+        rules = RuleClassifier.load(
+            Path(config.classifier.rules_file) if config.classifier.rules_file else None
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[RouterState]:
@@ -203,9 +210,22 @@ def create_app(
                 enabled=config.analytics.store_completions,
                 max_bytes=config.analytics.max_stored_bytes,
             )
+            resolver = given.resolver or CatalogResolver(catalog)
+            auto_aliases: list[str] = []
+            if rules is not None and config.routing is not None:
+                classifier = clients.classifier
+                auto = AutoResolver(
+                    CatalogResolver(catalog),
+                    config.routing,
+                    rules,
+                    classifier=classifier if isinstance(classifier, ClassifierClient) else None,
+                    metrics=metrics,
+                    registry=registry,
+                )
+                resolver, auto_aliases = auto, auto.available()
             pipeline = Pipeline(
                 authenticator=authenticator,
-                resolver=given.resolver or CatalogResolver(catalog),
+                resolver=resolver,
                 admission=admission,
                 cache=cache,
                 dispatcher=dispatcher,
@@ -230,6 +250,7 @@ def create_app(
             )
             owners = {name: deps[0].provider for name, deps in catalog.models.items()}
             owners |= {alias: owners[name] for alias, name in catalog.aliases.items()}
+            owners |= dict.fromkeys(auto_aliases, "gateway")  # routing aliases: the gateway chooses
             yield {"pipeline": pipeline, "models": ModelCards(pipeline, owners), "completions": stored}
 
     async def ready() -> dict[str, str]:

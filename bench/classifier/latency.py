@@ -1,0 +1,198 @@
+"""Classifier latency and memory: `python -m bench.classifier.latency`.
+
+- rule stage: p50 / p99 per prompt over the prompt set (held-out split, the hand-written
+  set and MMLU questions), each prompt classified `--rounds` times;
+- ML stage (embedding + heads, `method: model`) per prompt at concurrency 1 and 32, on
+  one core (the process is pinned to CPU 0 and the encoder uses one thread): latency
+  percentiles and throughput; at 32 the encoder's micro-batches serve many callers per
+  forward pass;
+- memory: resident set size of the classifier service process once its model is loaded
+  (`python -m services classifier`), for the ONNX and the torch backend.
+
+Nothing here is a test: the figures go to docs/classifier.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from services.classifier import corpus
+from services.classifier.cascade import Cascade
+from services.classifier.heads import Heads
+from services.classifier.prompt import of_text
+from services.classifier.rules import RuleClassifier
+from services.kernel.encoder import Encoder
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def prompt_set(limit: int, seed: int = 0) -> list[str]:
+    _, held_out = corpus.split(corpus.examples())
+    texts = [e.text for e in held_out] + [e.text for e in corpus.holdout()]
+    mmlu = [o.text for o in corpus.outcomes()]
+    texts += random.Random(seed).sample(mmlu, min(len(mmlu), 500))
+    random.Random(seed).shuffle(texts)
+    return texts[:limit]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rule_stage(texts: list[str], rounds: int) -> None:
+    rules = RuleClassifier.load()
+    prompts = [of_text(t) for t in texts]
+    for p in prompts[:200]:
+        rules.classify(p)  # warm up
+    times, cpu = [], []
+    for _ in range(rounds):
+        for p in prompts:
+            started, started_cpu = time.perf_counter(), time.thread_time()
+            rules.classify(p)
+            cpu.append(time.thread_time() - started_cpu)
+            times.append(time.perf_counter() - started)
+    confident = sum(rules.classify(p).confidence >= rules.confidence for p in prompts) / len(prompts)
+    print(
+        f"rule stage: {len(times)} classifications; wall p50 {percentile(times, 0.5) * 1e3:.3f} ms, "
+        f"p99 {percentile(times, 0.99) * 1e3:.3f} ms; CPU p50 {percentile(cpu, 0.5) * 1e3:.3f} ms, "
+        f"p99 {percentile(cpu, 0.99) * 1e3:.3f} ms; rules decided {confident:.0%} of the prompts"
+    )
+
+
+def reference() -> None:
+    """CPU time of a fixed loop, to compare this machine's speed with another's."""
+    runs = []
+    for _ in range(50):
+        started = time.thread_time()
+        sum(range(100_000))
+        runs.append(time.thread_time() - started)
+    print(f"reference: sum(range(100000)) takes {min(runs) * 1e3:.2f} ms CPU (min of 50)")
+
+
+async def ml_stage(texts: list[str], concurrency: int, total: int) -> None:
+    encoder = Encoder(threads=1)
+    await encoder.start()
+    await encoder.wait_ready()
+    cascade = Cascade(RuleClassifier.load(), Heads.load(), encoder)
+    prompts = [of_text(t) for t in texts]
+    for p in prompts[:20]:
+        await cascade.classify(p, "model")
+    latencies: list[float] = []
+    queue = list(range(total))
+    batches_before = encoder.batches
+
+    short: list[float] = []  # prompts the model reads whole in ≤ 200 characters (~40 tokens)
+
+    async def worker() -> None:
+        while queue:
+            i = queue.pop()
+            prompt = prompts[i % len(prompts)]
+            started = time.perf_counter()
+            await cascade.classify(prompt, "model")
+            latencies.append(time.perf_counter() - started)
+            if len(prompt.text) <= 200:
+                short.append(latencies[-1])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    batches = encoder.batches - batches_before
+    print(
+        f"ML stage, concurrency {concurrency:>2}: {total} prompts, {total / elapsed:7.1f} prompts/s, "
+        f"latency p50 {percentile(latencies, 0.5) * 1e3:6.2f} ms, "
+        f"p99 {percentile(latencies, 0.99) * 1e3:6.2f} ms, "
+        f"{total / max(1, batches):.1f} prompts per micro-batch (backend {encoder.backend}); "
+        f"the {len(short)} short ones (≤ 200 characters): p50 {percentile(short, 0.5) * 1e3:.2f} ms, "
+        f"p99 {percentile(short, 0.99) * 1e3:.2f} ms"
+    )
+    await encoder.aclose()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def service_memory(backend: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        env = dict(os.environ) | {
+            "GATEWAY_CONFIG": str(ROOT / "gateway.yaml"),
+            "GATEWAY_MASTER_KEY": "sk-bench-classifier",
+            "GATEWAY_DATA_DIR": tmp,
+            "GATEWAY__CLASSIFIER__ENCODER_BACKEND": backend,
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services", "classifier", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            started = time.monotonic()
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+                while time.monotonic() - started < 180:
+                    try:
+                        if http.get("/readyz").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(0.1)
+                ready = time.monotonic() - started
+                for _ in range(50):
+                    http.post(
+                        "/v1/classify",
+                        json={"messages": [{"role": "user", "content": "Why?"}], "method": "model"},
+                    )
+            print(
+                f"classifier service, {backend} backend: ready in {ready:.1f} s, "
+                f"RSS {rss_kib(proc.pid) / 1024:.0f} MiB"
+            )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=1500)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ml-prompts", type=int, default=640)
+    parser.add_argument("--no-memory", action="store_true")
+    args = parser.parse_args(argv)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {0})  # one core, as the target says
+    texts = prompt_set(args.prompts)
+    reference()
+    rule_stage(texts, args.rounds)
+    for concurrency in (1, 32):
+        asyncio.run(ml_stage(texts, concurrency, args.ml_prompts))
+    if not args.no_memory:
+        for backend in ("onnx", "torch"):
+            service_memory(backend)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

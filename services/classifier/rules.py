@@ -1,0 +1,322 @@
+"""The rule stage: readable, data-driven rules from one YAML file (`rules.yaml`).
+
+Each rule adds evidence (its `weight`, in log-odds units) to one category when its
+matchers hold; the category probabilities are a softmax over the summed evidence,
+with the default category starting at `prior`. The rule stage answers alone when the
+top probability reaches `confidence`; below that the ML stage decides (when loaded).
+The difficulty is a base per category plus the `add` of every difficulty rule that
+holds, clipped to [0, 1].
+
+A rule's matchers (all that are present must hold; within one list, any item):
+`words` (whole words, case-insensitive; `min_words` distinct ones), `phrases`
+(case-insensitive substrings), `starts` (how the message begins, case-insensitive),
+`patterns` (regular expressions, matched against the lower-cased text unless the rule
+says `case_sensitive: true`: case-insensitive matching is 2-3x slower in Python), `shape`
+(bounds on measured features), and `in` (the user message, the system prompt, or both).
+
+Everything is compiled once at load. The rules read the first `WINDOW_HEAD` and the last
+`WINDOW_TAIL` characters of the message (what is asked is at its start or its end; the
+length features still see the whole message), so a prompt costs tens of microseconds
+whatever its size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services.classifier.prompt import Prompt, Shape, shape
+from services.kernel.config import ConfigError
+
+DEFAULT_RULES = Path(__file__).with_name("rules.yaml")
+_WORD = re.compile(r"[a-z0-9_+#']+")
+_ESCAPE = re.compile(r"\\(?:u[0-9A-Fa-f]{4}|x[0-9A-Fa-f]{2}|N\{[^}]*\}|.)")  # \S, \u04FF, ...
+WINDOW_HEAD = 400
+WINDOW_TAIL = 200
+_NAME = r"^[a-z][a-z0-9_\-]{0,63}$"
+
+
+class RulesError(ConfigError):
+    """The rules file is missing, unreadable or invalid (the message names the field)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ShapeBounds(_Strict):
+    chars_min: int | None = Field(default=None, ge=0)
+    chars_max: int | None = Field(default=None, ge=0)
+    lines_min: int | None = Field(default=None, ge=0)
+    digit_ratio_min: float | None = Field(default=None, ge=0, le=1)
+    code_symbol_ratio_min: float | None = Field(default=None, ge=0, le=1)
+    math_symbols_min: int | None = Field(default=None, ge=0)
+    options_min: int | None = Field(default=None, ge=0)
+    questions_min: int | None = Field(default=None, ge=0)
+
+
+class Matchers(_Strict):
+    words: tuple[str, ...] = ()
+    min_words: int = Field(default=1, ge=1, le=20)
+    phrases: tuple[str, ...] = ()
+    starts: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    case_sensitive: bool = False
+    shape: ShapeBounds | None = None
+    in_: Literal["user", "system", "any"] = Field(default="user", alias="in")
+
+    @model_validator(mode="after")
+    def _something(self) -> Matchers:
+        if not (self.words or self.phrases or self.starts or self.patterns or self.shape):
+            raise ValueError("a rule needs at least one of words, phrases, starts, patterns, shape")
+        for pattern in self.patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+            literal = _ESCAPE.sub("", pattern.replace("(?i)", ""))
+            if not self.case_sensitive and any(c.isupper() for c in literal):
+                raise ValueError(
+                    f"pattern {pattern!r} has upper-case letters but is matched against the lower-cased "
+                    "text: write it in lower case, or set case_sensitive: true"
+                )
+        return self
+
+
+class CategoryRule(Matchers):
+    name: str = Field(pattern=_NAME)
+    category: str
+    weight: float = Field(ge=-20, le=20)
+
+
+class DifficultyRule(Matchers):
+    name: str = Field(pattern=_NAME)
+    add: float = Field(ge=-1, le=1)
+    categories: tuple[str, ...] = ()  # only for these categories (all when empty)
+
+
+class DifficultySpec(_Strict):
+    base: dict[str, float]
+    rules: tuple[DifficultyRule, ...] = ()
+
+
+class RulesFile(_Strict):
+    version: Literal[1]
+    categories: tuple[str, ...] = Field(min_length=2)
+    default: str
+    prior: float = Field(default=1.0, ge=0, le=20)
+    confidence: float = Field(default=0.75, gt=0, le=1)
+    rules: tuple[CategoryRule, ...]
+    difficulty: DifficultySpec
+
+    @model_validator(mode="after")
+    def _known_categories(self) -> RulesFile:
+        known = set(self.categories)
+        for name in self.categories:
+            if not re.match(_NAME, name):
+                raise ValueError(f"category {name!r}: use lower-case letters, digits, '_' or '-'")
+        if self.default not in known:
+            raise ValueError(f"default {self.default!r} is not one of the categories")
+        for rule in self.rules:
+            if rule.category not in known:
+                raise ValueError(f"rule {rule.name!r}: unknown category {rule.category!r}")
+        missing = known - set(self.difficulty.base)
+        if missing:
+            raise ValueError(f"difficulty.base has no value for {sorted(missing)}")
+        for name, value in self.difficulty.base.items():
+            if name not in known or not 0 <= value <= 1:
+                raise ValueError(f"difficulty.base.{name}: unknown category or not in [0, 1]")
+        for hard in self.difficulty.rules:
+            unknown = set(hard.categories) - known
+            if unknown:
+                raise ValueError(f"difficulty rule {hard.name!r}: unknown categories {sorted(unknown)}")
+        names = [r.name for r in self.rules] + [r.name for r in self.difficulty.rules]
+        duplicated = {n for n in names if names.count(n) > 1}
+        if duplicated:
+            raise ValueError(f"rule names must be unique: {sorted(duplicated)}")
+        return self
+
+
+@dataclasses.dataclass(slots=True)
+class _Text:
+    """One prompt, prepared once for all rules."""
+
+    user: str
+    system: str
+    user_lower: str
+    system_lower: str
+    shape: Shape
+    _user_words: frozenset[str] | None = None
+    _system_words: frozenset[str] | None = None
+
+    def words(self, where: str) -> frozenset[str]:
+        if where != "system" and self._user_words is None:
+            self._user_words = frozenset(_WORD.findall(self.user_lower))
+        if where != "user" and self._system_words is None:
+            self._system_words = frozenset(_WORD.findall(self.system_lower))
+        if where == "user":
+            return self._user_words  # type: ignore[return-value]
+        if where == "system":
+            return self._system_words  # type: ignore[return-value]
+        return self._user_words | self._system_words  # type: ignore[operator]
+
+
+def _window(text: str) -> str:
+    if len(text) <= WINDOW_HEAD + WINDOW_TAIL:
+        return text
+    return text[:WINDOW_HEAD] + "\n" + text[-WINDOW_TAIL:]
+
+
+def _prepare(prompt: Prompt) -> _Text:
+    user = _window(prompt.user)
+    system = prompt.system[:WINDOW_TAIL]
+    return _Text(user, system, user.lower(), system.lower(), shape(user, chars=len(prompt.user)))
+
+
+class _Compiled:
+    """A rule's matchers, compiled."""
+
+    def __init__(self, spec: Matchers) -> None:
+        self.where = spec.in_
+        self.words = frozenset(w.lower() for w in spec.words)
+        self.min_words = spec.min_words
+        self.phrases = tuple(p.lower() for p in spec.phrases)
+        self.starts = tuple(s.lower() for s in spec.starts)
+        self.patterns = tuple(re.compile(p) for p in spec.patterns)
+        self.case_sensitive = spec.case_sensitive
+        self.shape = spec.shape
+
+    def _lower(self, text: _Text) -> str:
+        if self.where == "user":
+            return text.user_lower
+        if self.where == "system":
+            return text.system_lower
+        return text.system_lower + "\n" + text.user_lower
+
+    def matches(self, text: _Text) -> bool:
+        if self.shape is not None and not _within(text.shape, self.shape):
+            return False
+        if self.starts and not self._lower(text).lstrip().startswith(self.starts):
+            return False
+        if self.phrases:
+            lower = self._lower(text)
+            if not any(p in lower for p in self.phrases):
+                return False
+        if self.words:
+            found = self.words & text.words(self.where)
+            if len(found) < self.min_words:
+                return False
+        if self.patterns:
+            if not self.case_sensitive:
+                raw = self._lower(text)
+            elif self.where == "user":
+                raw = text.user
+            elif self.where == "system":
+                raw = text.system
+            else:
+                raw = text.system + "\n" + text.user
+            if not any(p.search(raw) for p in self.patterns):
+                return False
+        return True
+
+
+def _within(s: Shape, b: ShapeBounds) -> bool:
+    return not (
+        (b.chars_min is not None and s.chars < b.chars_min)
+        or (b.chars_max is not None and s.chars > b.chars_max)
+        or (b.lines_min is not None and s.lines < b.lines_min)
+        or (b.digit_ratio_min is not None and s.digit_ratio < b.digit_ratio_min)
+        or (b.code_symbol_ratio_min is not None and s.code_symbol_ratio < b.code_symbol_ratio_min)
+        or (b.math_symbols_min is not None and s.math_symbols < b.math_symbols_min)
+        or (b.options_min is not None and s.options < b.options_min)
+        or (b.questions_min is not None and s.questions < b.questions_min)
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RuleVerdict:
+    """What the rule stage concluded about one prompt."""
+
+    category: str
+    confidence: float
+    difficulty: float
+    scores: Mapping[str, float]  # category → probability
+    fired: tuple[str, ...]  # names of the category rules that held
+    seconds: float
+
+
+class RuleClassifier:
+    """The compiled rules file. Pure CPU, no I/O after loading: safe on the event loop."""
+
+    def __init__(self, spec: RulesFile, source: str = "rules") -> None:
+        self.spec = spec
+        self.source = source
+        self.categories = spec.categories
+        self.default = spec.default
+        self.confidence = spec.confidence
+        self._rules = [(r.name, r.category, r.weight, _Compiled(r)) for r in spec.rules]
+        self._difficulty = [
+            (r.name, r.add, frozenset(r.categories), _Compiled(r)) for r in spec.difficulty.rules
+        ]
+        self._base = dict(spec.difficulty.base)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> RuleClassifier:
+        """Read and validate a rules file (the shipped one by default); raise RulesError."""
+        path = path or DEFAULT_RULES
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise RulesError(f"{path}: cannot read the rules file: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise RulesError(f"{path}: not valid YAML: {exc}") from None
+        try:
+            spec = RulesFile.model_validate(raw)
+        except ValidationError as exc:
+            lines = [
+                f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
+                + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+                for e in exc.errors()
+            ]
+            raise RulesError(f"{path}: invalid rules:\n" + "\n".join(lines)) from None
+        return cls(spec, source=str(path))
+
+    def classify(self, prompt: Prompt) -> RuleVerdict:
+        started = time.perf_counter()
+        text = _prepare(prompt)
+        evidence = dict.fromkeys(self.categories, 0.0)
+        evidence[self.default] = self.spec.prior
+        fired = []
+        for name, category, weight, compiled in self._rules:
+            if compiled.matches(text):
+                evidence[category] += weight
+                fired.append(name)
+        top = max(evidence.values())
+        exp = {c: math.exp(v - top) for c, v in evidence.items()}
+        total = sum(exp.values())
+        scores = {c: v / total for c, v in exp.items()}
+        category = max(scores, key=scores.__getitem__)
+        difficulty = self.difficulty(text, category)
+        return RuleVerdict(
+            category, scores[category], difficulty, scores, tuple(fired), time.perf_counter() - started
+        )
+
+    def difficulty(self, text: _Text, category: str) -> float:
+        value = self._base.get(category, 0.5)
+        for _, add, only, compiled in self._difficulty:
+            if (not only or category in only) and compiled.matches(text):
+                value += add
+        return min(1.0, max(0.0, value))
+
+    def difficulty_of(self, prompt: Prompt, category: str) -> float:
+        """The rules' difficulty for `prompt` taken as `category` (when the model chose it)."""
+        text = _prepare(prompt)
+        return self.difficulty(text, category)
