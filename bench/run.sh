@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmark: direct upstream vs the gateway (embedded and distributed mode) vs
-# the LiteLLM proxy, against a fake OpenAI-compatible nginx upstream.
+# Benchmark: direct upstream vs a bare relay (the floor) vs the gateway
+# (embedded and distributed mode) vs the LiteLLM proxy, against a fake
+# OpenAI-compatible nginx upstream.
 #
 #   bench/run.sh            (what `make bench` runs)
 #   BENCH_QUICK=1 bench/run.sh
@@ -15,7 +16,7 @@
 #   BENCH_CONNECTIONS     connections of the concurrent run    (64)
 #   BENCH_QUICK           1 = short smoke run
 #   BENCH_MODES           "pinned unpinned" (either or both)
-#   BENCH_TARGETS         "direct embedded distributed litellm" (any subset)
+#   BENCH_TARGETS         "direct floor embedded distributed litellm" (any subset)
 #   BENCH_UPSTREAM_DELAY  seconds the upstream waits before answering (0)
 #   BENCH_REDIS_URL       Redis for distributed mode   (redis://127.0.0.1:6379/0)
 #   BENCH_DATABASE_URL    PostgreSQL for distributed mode
@@ -47,7 +48,7 @@ fi
 WARMUP_MAX=${BENCH_WARMUP_MAX:-30}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
 MODES=${BENCH_MODES:-pinned unpinned}
-TARGETS=${BENCH_TARGETS:-direct embedded distributed litellm}
+TARGETS=${BENCH_TARGETS:-direct floor embedded distributed litellm}
 UPSTREAM_DELAY=${BENCH_UPSTREAM_DELAY:-0}
 REDIS_URL_BENCH=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}
 DATABASE_URL_BENCH=${BENCH_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/test}
@@ -66,6 +67,7 @@ STREAM_MODEL=bench-stream      # SSE upstream
 UPSTREAM_JSON_PORT=18001
 UPSTREAM_SSE_PORT=18002
 EMBEDDED_PORT=18100
+FLOOR_PORT=18300
 ROUTER_PORT=18080 AUTH_PORT=18081 CLASSIFIER_PORT=18082 CACHE_PORT=18083 ANALYTICS_PORT=18084
 LITELLM_PORT=18200
 
@@ -254,8 +256,8 @@ check_cpus() {
 
 check_ports() {
     local port
-    for port in $UPSTREAM_JSON_PORT $UPSTREAM_SSE_PORT $EMBEDDED_PORT $ROUTER_PORT $AUTH_PORT \
-        $CLASSIFIER_PORT $CACHE_PORT $ANALYTICS_PORT $LITELLM_PORT; do
+    for port in $UPSTREAM_JSON_PORT $UPSTREAM_SSE_PORT $FLOOR_PORT $EMBEDDED_PORT $ROUTER_PORT \
+        $AUTH_PORT $CLASSIFIER_PORT $CACHE_PORT $ANALYTICS_PORT $LITELLM_PORT; do
         port_free "$port" || die "port $port on 127.0.0.1 is in use; stop what listens there"
     done
 }
@@ -464,6 +466,38 @@ bench_direct() {
     write_rss "$dir" "nginx=$UPSTREAM_PID"
 }
 
+bench_floor() {
+    local dir=$1 logfile=$TMP_DIR/floor.log pid
+    if [[ ! -x $GATEWAY_VENV/bin/python ]]; then
+        write_status "$dir" 0 "failed to start: $GATEWAY_VENV missing"
+        return 0
+    fi
+    # The gateway's virtualenv: the same uvicorn, uvloop, httptools and aiohttp.
+    start_bg "$logfile" "$SERVER_CPU" env PYTHONUNBUFFERED=1 \
+        "$GATEWAY_VENV/bin/python" "$BENCH_DIR/floor.py" --host 127.0.0.1 --port "$FLOOR_PORT" \
+        --upstream "http://127.0.0.1:$UPSTREAM_JSON_PORT" \
+        --stream-upstream "http://127.0.0.1:$UPSTREAM_SSE_PORT"
+    pid=$STARTED_PID
+    local base="http://127.0.0.1:$FLOOR_PORT" problem=""
+    if ! wait_ready "$base/readyz" "$pid"; then
+        problem="failed to start ($READY_PROBLEM)"
+    elif ! problem=$(check_chat "$base"); then
+        problem="started, but $problem"
+    fi
+    if [[ -n $problem ]]; then
+        write_status "$dir" 0 "$problem" "$logfile"
+    else
+        write_status "$dir" 1 "bench/floor.py: bare uvicorn + aiohttp relay (pid $pid)"
+        SERVER_PIDS=("$pid")
+        measure "$dir" "$base"
+        write_rss "$dir" "floor=$pid"
+        profile "$dir" "$base" "$pid" floor bench/floor.py
+    fi
+    keep_log_tail "$logfile" "$dir/server.log"
+    stop_pid "$pid"
+    forget_pid "$pid"
+}
+
 bench_embedded() {
     local dir=$1 logfile=$TMP_DIR/embedded.log data=$TMP_DIR/embedded-data pid
     if [[ ! -f $ROOT/services/__main__.py || ! -x $GATEWAY_VENV/bin/python ]]; then
@@ -655,7 +689,7 @@ json.dump({
         "config": "bench/litellm/config.yaml",
     },
     "pinning": {
-        "pinned": "gateway/LiteLLM on CPU 0 (taskset -c 0); nginx and load generator on CPU 1",
+        "pinned": "floor/gateway/LiteLLM on CPU 0 (taskset -c 0); nginx and load generator on CPU 1",
         "unpinned": "no affinity set",
     },
 }, open(sys.argv[1], "w"), indent=1)
@@ -670,7 +704,7 @@ main() {
     check_cpus
     check_ports
     [[ $TARGETS == *litellm* ]] && ensure_litellm
-    [[ $TARGETS == *embedded* || $TARGETS == *distributed* ]] && ensure_gateway_venv
+    [[ $TARGETS == *floor* || $TARGETS == *embedded* || $TARGETS == *distributed* ]] && ensure_gateway_venv
     mkdir -p "$RAW_DIR"
     write_meta
     log "run $RUN_ID: modes [$MODES], targets [$TARGETS], ${DURATION}s per point"
@@ -695,6 +729,7 @@ main() {
             log "-- $target"
             case $target in
                 direct) bench_direct "$dir" ;;
+                floor) bench_floor "$dir" ;;
                 embedded) bench_embedded "$dir" ;;
                 distributed) bench_distributed "$dir" ;;
                 litellm) bench_litellm "$dir" ;;
