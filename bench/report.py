@@ -192,6 +192,8 @@ class Check:
     unit: str
     point: str  # c1, concurrent, ttft or rss: the table it is shown beside
     higher_is_better: bool = False
+    # A row it compares was measured while other processes kept the machine busy.
+    disturbed: bool = False
 
     @property
     def met(self) -> bool | None:
@@ -203,10 +205,10 @@ class Check:
         """The value and whether the goal is met, e.g. `0.71x met`."""
         if self.value is None or math.isnan(self.value):
             return "n/a"
-        value = fmt_value(self.value, self.unit)
-        if self.limit is None:
-            return value
-        return f"{value} {'met' if self.met else 'MISSED'}"
+        verdict = fmt_value(self.value, self.unit)
+        if self.limit is not None:
+            verdict += " met" if self.met else " MISSED"
+        return f"{verdict} (disturbed)" if self.disturbed else verdict
 
     def text(self) -> str:
         return f"{self.goal}: {self.verdict()}"
@@ -218,6 +220,7 @@ class Check:
             "limit": self.limit,
             "unit": self.unit,
             "point": self.point,
+            "disturbed": self.disturbed,
             "met": self.met,
         }
 
@@ -262,7 +265,10 @@ def checks_for(
     ttft_over = run.ttft.overhead(direct.ttft if direct else None) or {}
     lite_ok = litellm is not None and litellm.ok and litellm.concurrent.ok
     conc = run.concurrent if run.concurrent.ok else None
-    return [
+    disturbed = any(
+        r is not None and (r.foreign_cpus or 0) > FOREIGN_WARN_CPUS for r in (run, direct, floor, litellm)
+    )
+    checks = [
         Check("1-conn overhead p50 <= 1 ms", c1_over.get("p50"), LIMIT_C1_P50_MS, "ms", "c1"),
         Check("1-conn overhead p99 <= 2 ms", c1_over.get("p99"), LIMIT_C1_P99_MS, "ms", "c1"),
         Check("1-conn overhead vs floor p50", c1_over_floor.get("p50"), None, "ms", "c1"),
@@ -302,6 +308,9 @@ def checks_for(
             "rss",
         ),
     ]
+    for check in checks:
+        check.disturbed = disturbed
+    return checks
 
 
 def table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:

@@ -491,7 +491,7 @@ bench_floor() {
         SERVER_PIDS=("$pid")
         measure "$dir" "$base"
         write_rss "$dir" "floor=$pid"
-        profile "$dir" "$base" "$pid" floor bench/floor.py
+        profile "$dir" "$base" "$pid" floor floor.py
     fi
     keep_log_tail "$logfile" "$dir/server.log"
     stop_pid "$pid"
