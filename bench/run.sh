@@ -22,6 +22,8 @@
 #   BENCH_DATABASE_URL    PostgreSQL for distributed mode
 #                         (postgresql://postgres@127.0.0.1:5432/test)
 #   BENCH_START_TIMEOUT   seconds a server may take to become ready (90)
+#   BENCH_PORT_BASE       ports used: base+1, +2 (upstream), +80..+84, +100,
+#                         +200, +300 (18000)
 #   BENCH_KEEP_TMP        1 = keep the temporary directory (logs, configs)
 #   BENCH_PROFILE         1 = after the measurements, profile each proxy with
 #                         py-spy under the concurrent load (not measured);
@@ -63,13 +65,16 @@ MASTER_KEY=sk-bench-master-key # also in litellm/config.yaml
 MODEL=bench                    # JSON upstream
 STREAM_MODEL=bench-stream      # SSE upstream
 
-# Ports (fixed: the gateway and LiteLLM configs name the upstream ones).
-UPSTREAM_JSON_PORT=18001
-UPSTREAM_SSE_PORT=18002
-EMBEDDED_PORT=18100
-FLOOR_PORT=18300
-ROUTER_PORT=18080 AUTH_PORT=18081 CLASSIFIER_PORT=18082 CACHE_PORT=18083 ANALYTICS_PORT=18084
-LITELLM_PORT=18200
+# Ports: BENCH_PORT_BASE + a fixed offset. The gateway and LiteLLM configs name
+# the upstream as 127.0.0.1:18001/18002; run.sh renders them with the real ports.
+PORT_BASE=${BENCH_PORT_BASE:-18000}
+UPSTREAM_JSON_PORT=$((PORT_BASE + 1))
+UPSTREAM_SSE_PORT=$((PORT_BASE + 2))
+EMBEDDED_PORT=$((PORT_BASE + 100))
+FLOOR_PORT=$((PORT_BASE + 300))
+ROUTER_PORT=$((PORT_BASE + 80)) AUTH_PORT=$((PORT_BASE + 81)) CLASSIFIER_PORT=$((PORT_BASE + 82))
+CACHE_PORT=$((PORT_BASE + 83)) ANALYTICS_PORT=$((PORT_BASE + 84))
+LITELLM_PORT=$((PORT_BASE + 200))
 
 RUN_ID=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS_DIR=$BENCH_DIR/results
@@ -258,8 +263,14 @@ check_ports() {
     local port
     for port in $UPSTREAM_JSON_PORT $UPSTREAM_SSE_PORT $FLOOR_PORT $EMBEDDED_PORT $ROUTER_PORT \
         $AUTH_PORT $CLASSIFIER_PORT $CACHE_PORT $ANALYTICS_PORT $LITELLM_PORT; do
-        port_free "$port" || die "port $port on 127.0.0.1 is in use; stop what listens there"
+        port_free "$port" || die "port $port on 127.0.0.1 is in use; stop what listens there or set BENCH_PORT_BASE"
     done
+}
+
+# render_config SOURCE DEST: a configuration with the upstream's real ports.
+render_config() {
+    sed -e "s#127\.0\.0\.1:18001#127.0.0.1:$UPSTREAM_JSON_PORT#g" \
+        -e "s#127\.0\.0\.1:18002#127.0.0.1:$UPSTREAM_SSE_PORT#g" "$1" >"$2"
 }
 
 # ---------------------------------------------------------------- pieces
@@ -507,7 +518,7 @@ bench_embedded() {
     rm -rf "$data"
     mkdir -p "$data"
     start_bg "$logfile" "$SERVER_CPU" env -u REDIS_URL -u DATABASE_URL \
-        GATEWAY_CONFIG="$BENCH_DIR/gateway/gateway-bench.yaml" GATEWAY_MASTER_KEY="$MASTER_KEY" \
+        GATEWAY_CONFIG="$GATEWAY_CONFIG_FILE" GATEWAY_MASTER_KEY="$MASTER_KEY" \
         GATEWAY_DATA_DIR="$data" PYTHONUNBUFFERED=1 \
         "$GATEWAY_VENV/bin/python" -m services gateway --host 127.0.0.1 --port "$EMBEDDED_PORT"
     pid=$STARTED_PID
@@ -545,7 +556,7 @@ bench_distributed() {
     rm -rf "$data"
     mkdir -p "$data"
     env_common=(
-        "GATEWAY_CONFIG=$BENCH_DIR/gateway/gateway-bench.yaml"
+        "GATEWAY_CONFIG=$GATEWAY_CONFIG_FILE"
         "GATEWAY_MASTER_KEY=$MASTER_KEY"
         "GATEWAY_DATA_DIR=$data"
         "REDIS_URL=$REDIS_URL_BENCH"
@@ -618,7 +629,7 @@ bench_litellm() {
     # start-up. No database, no Redis, no callbacks, one worker.
     start_bg "$logfile" "$SERVER_CPU" env -u DATABASE_URL -u REDIS_URL \
         LITELLM_LOG=ERROR LITELLM_MODE=PRODUCTION LITELLM_LOCAL_MODEL_COST_MAP=True \
-        "$LITELLM_VENV/bin/litellm" --config "$BENCH_DIR/litellm/config.yaml" \
+        "$LITELLM_VENV/bin/litellm" --config "$LITELLM_CONFIG_FILE" \
         --host 127.0.0.1 --port "$LITELLM_PORT" --num_workers 1
     pid=$STARTED_PID
     local base="http://127.0.0.1:$LITELLM_PORT"
@@ -667,6 +678,7 @@ json.dump({
     "profile": "$PROFILE" == "1",
     "ttft_warmup_requests": int("$TTFT_WARMUP"),
     "connections": int("$CONNECTIONS"),
+    "port_base": int("$PORT_BASE"),
     "modes": "$MODES".split(),
     "targets": "$TARGETS".split(),
     "upstream_delay_s": float("$UPSTREAM_DELAY"),
@@ -703,6 +715,10 @@ main() {
     ensure_tools
     check_cpus
     check_ports
+    GATEWAY_CONFIG_FILE=$TMP_DIR/gateway-bench.yaml
+    LITELLM_CONFIG_FILE=$TMP_DIR/litellm-config.yaml
+    render_config "$BENCH_DIR/gateway/gateway-bench.yaml" "$GATEWAY_CONFIG_FILE"
+    render_config "$BENCH_DIR/litellm/config.yaml" "$LITELLM_CONFIG_FILE"
     [[ $TARGETS == *litellm* ]] && ensure_litellm
     [[ $TARGETS == *floor* || $TARGETS == *embedded* || $TARGETS == *distributed* ]] && ensure_gateway_venv
     mkdir -p "$RAW_DIR"
