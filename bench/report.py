@@ -65,6 +65,10 @@ class Point:
     requests: int = 0
     errors: int = 0
     error: str | None = None
+    # CPUs other processes used while the point ran, and how many attempts it took
+    # (run.sh repeats a disturbed point); None for runs that did not record it.
+    foreign_cpus: float | None = None
+    attempts: int = 1
 
     @classmethod
     def from_wrk(cls, raw: Json) -> Point:
@@ -155,7 +159,7 @@ class TargetRun:
             return None
         status = load(directory / "status.json")
         ok = bool(status.get("ok"))
-        return cls(
+        run = cls(
             name=name,
             ok=ok,
             message=str(status.get("message", status.get("error", ""))),
@@ -168,6 +172,18 @@ class TargetRun:
             rss=load(directory / "rss.json") if ok else {},
             foreign_cpus=load(directory / "foreign_cpu.json").get("cpus"),
         )
+        for pick in ("c1", "concurrent", "ttft"):
+            foreign = load(directory / f"{pick}.foreign.json")
+            point: Point = getattr(run, pick)
+            if isinstance(foreign.get("cpus"), int | float):
+                point.foreign_cpus = float(foreign["cpus"])
+                point.attempts = len(foreign.get("attempts") or [1])
+        return run
+
+    def point_foreign_cpus(self, pick: str) -> float:
+        """CPUs other processes used during one point (the whole target's figure if not recorded)."""
+        foreign = getattr(self, pick).foreign_cpus
+        return float(foreign if foreign is not None else self.foreign_cpus or 0.0)
 
     @property
     def rss_mib(self) -> float | None:
@@ -265,9 +281,18 @@ def checks_for(
     ttft_over = run.ttft.overhead(direct.ttft if direct else None) or {}
     lite_ok = litellm is not None and litellm.ok and litellm.concurrent.ok
     conc = run.concurrent if run.concurrent.ok else None
-    disturbed = any(
-        r is not None and (r.foreign_cpus or 0) > FOREIGN_WARN_CPUS for r in (run, direct, floor, litellm)
-    )
+
+    def disturbed(pick: str, *others: TargetRun | None) -> bool:
+        return any(
+            r is not None and r.ok and r.point_foreign_cpus(pick) > FOREIGN_WARN_CPUS for r in (run, *others)
+        )
+
+    by_point = {
+        "c1": disturbed("c1", direct, floor),
+        "concurrent": disturbed("concurrent", floor, litellm),
+        "ttft": disturbed("ttft", direct),
+        "rss": False,  # memory after the load does not depend on the CPU share
+    }
     checks = [
         Check("1-conn overhead p50 <= 1 ms", c1_over.get("p50"), LIMIT_C1_P50_MS, "ms", "c1"),
         Check("1-conn overhead p99 <= 2 ms", c1_over.get("p99"), LIMIT_C1_P99_MS, "ms", "c1"),
@@ -309,7 +334,7 @@ def checks_for(
         ),
     ]
     for check in checks:
-        check.disturbed = disturbed
+        check.disturbed = by_point[check.point]
     return checks
 
 
@@ -358,6 +383,11 @@ def point_rows(runs: dict[str, TargetRun], pick: str, goals: dict[str, list[Chec
         note = goal_notes(goals[name], pick) if name in goals else ""
         if point.errors:
             note = f"{point.errors} errors; {note}" if note else f"{point.errors} errors"
+        foreign = run.point_foreign_cpus(pick)
+        if foreign > FOREIGN_WARN_CPUS or point.attempts > 1:
+            tries = f", best of {point.attempts} attempts" if point.attempts > 1 else ""
+            disturbance = f"[other processes: {foreign:.2f} CPUs{tries}]"
+            note = f"{disturbance} {note}" if note else disturbance
         rows.append(
             [
                 LABELS[name],
