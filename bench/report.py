@@ -4,7 +4,7 @@
     python3 bench/report.py bench/results/<run-id> --json bench/results/<run-id>.json
 
 The raw directory holds meta.json and, per mode (pinned, unpinned) and target
-(direct, embedded, distributed, litellm): status.json, c1.json and
+(direct, floor, embedded, distributed, litellm): status.json, c1.json and
 concurrent.json (wrk), ttft.json (ttft_client.py) and rss.json.
 Standard library only.
 """
@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-TARGETS = ("direct", "embedded", "distributed", "litellm")
+TARGETS = ("direct", "floor", "embedded", "distributed", "litellm")
 LABELS = {
     "direct": "direct upstream",
+    "floor": "floor (bare relay)",
     "embedded": "gateway embedded",
     "distributed": "gateway distributed",
     "litellm": "LiteLLM proxy",
@@ -29,13 +30,14 @@ LABELS = {
 GATEWAYS = ("embedded", "distributed")
 PERCENTILES = ("p50", "p90", "p99")
 MODE_TITLES = {
-    "pinned": "pinned: gateway/LiteLLM on CPU 0 (taskset -c 0), nginx + load generator on CPU 1",
+    "pinned": "pinned: floor/gateway/LiteLLM on CPU 0 (taskset -c 0), nginx + load generator on CPU 1",
     "unpinned": "unpinned: no CPU affinity",
 }
 
 # Goals of the gateway, checked for each gateway row.
 LIMIT_C1_P50_MS = 1.0
-LIMIT_C1_P99_MS = 3.0
+LIMIT_C1_P99_MS = 2.0
+LIMIT_SHARE_OF_FLOOR = 2 / 3
 LIMIT_RPS_VS_LITELLM = 10.0
 LIMIT_P99_VS_LITELLM = 0.1
 LIMIT_TTFT_P50_MS = 2.0
@@ -63,6 +65,10 @@ class Point:
     requests: int = 0
     errors: int = 0
     error: str | None = None
+    # CPUs other processes used while the point ran, and how many attempts it took
+    # (run.sh repeats a disturbed point); None for runs that did not record it.
+    foreign_cpus: float | None = None
+    attempts: int = 1
 
     @classmethod
     def from_wrk(cls, raw: Json) -> Point:
@@ -98,7 +104,7 @@ class Point:
     def ok(self) -> bool:
         return self.error is None and bool(self.pct) and self.requests > 0
 
-    def as_json(self, reference: Point | None) -> Json:
+    def as_json(self, reference: Point | None, floor: Point | None = None) -> Json:
         out: Json = {
             "ok": self.ok,
             "requests": self.requests,
@@ -111,7 +117,19 @@ class Point:
         overhead = self.overhead(reference)
         if overhead is not None:
             out["overhead_ms"] = overhead
+        over_floor = self.overhead(floor)
+        if over_floor is not None:
+            out["overhead_vs_floor_ms"] = over_floor
+        share = self.share_of(floor)
+        if share is not None:
+            out["share_of_floor"] = share
         return out
+
+    def share_of(self, other: Point | None) -> float | None:
+        """This point's requests/s as a fraction of `other`'s."""
+        if other is None or not (self.ok and other.ok):
+            return None
+        return ratio(self.rps, other.rps)
 
     def overhead(self, reference: Point | None) -> dict[str, float] | None:
         if reference is None or not (self.ok and reference.ok):
@@ -141,7 +159,7 @@ class TargetRun:
             return None
         status = load(directory / "status.json")
         ok = bool(status.get("ok"))
-        return cls(
+        run = cls(
             name=name,
             ok=ok,
             message=str(status.get("message", status.get("error", ""))),
@@ -154,6 +172,18 @@ class TargetRun:
             rss=load(directory / "rss.json") if ok else {},
             foreign_cpus=load(directory / "foreign_cpu.json").get("cpus"),
         )
+        for pick in ("c1", "concurrent", "ttft"):
+            foreign = load(directory / f"{pick}.foreign.json")
+            point: Point = getattr(run, pick)
+            if isinstance(foreign.get("cpus"), int | float):
+                point.foreign_cpus = float(foreign["cpus"])
+                point.attempts = len(foreign.get("attempts") or [1])
+        return run
+
+    def point_foreign_cpus(self, pick: str) -> float:
+        """CPUs other processes used during one point (the whole target's figure if not recorded)."""
+        foreign = getattr(self, pick).foreign_cpus
+        return float(foreign if foreign is not None else self.foreign_cpus or 0.0)
 
     @property
     def rss_mib(self) -> float | None:
@@ -170,26 +200,34 @@ class TargetRun:
 
 @dataclass
 class Check:
-    """One goal, evaluated for one gateway row."""
+    """One goal, evaluated for one gateway row; without a limit, a figure shown for information."""
 
     goal: str
     value: float | None
-    limit: float
+    limit: float | None
     unit: str
+    point: str  # c1, concurrent, ttft or rss: the table it is shown beside
     higher_is_better: bool = False
+    # A row it compares was measured while other processes kept the machine busy.
+    disturbed: bool = False
 
     @property
     def met(self) -> bool | None:
-        if self.value is None or math.isnan(self.value):
+        if self.limit is None or self.value is None or math.isnan(self.value):
             return None
         return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
 
+    def verdict(self) -> str:
+        """The value and whether the goal is met, e.g. `0.71x met`."""
+        if self.value is None or math.isnan(self.value):
+            return "n/a"
+        verdict = fmt_value(self.value, self.unit)
+        if self.limit is not None:
+            verdict += " met" if self.met else " MISSED"
+        return f"{verdict} (disturbed)" if self.disturbed else verdict
+
     def text(self) -> str:
-        if self.met is None:
-            return f"{self.goal}: n/a"
-        assert self.value is not None
-        verdict = "met" if self.met else "MISSED"
-        return f"{self.goal}: {fmt_value(self.value, self.unit)} {verdict}"
+        return f"{self.goal}: {self.verdict()}"
 
     def as_json(self) -> Json:
         return {
@@ -197,6 +235,8 @@ class Check:
             "value": self.value,
             "limit": self.limit,
             "unit": self.unit,
+            "point": self.point,
+            "disturbed": self.disturbed,
             "met": self.met,
         }
 
@@ -233,20 +273,45 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def checks_for(run: TargetRun, direct: TargetRun | None, litellm: TargetRun | None) -> list[Check]:
-    ref = direct.c1 if direct else None
-    c1_over = run.c1.overhead(ref)
-    ttft_over = run.ttft.overhead(direct.ttft if direct else None)
+def checks_for(
+    run: TargetRun, direct: TargetRun | None, floor: TargetRun | None, litellm: TargetRun | None
+) -> list[Check]:
+    c1_over = run.c1.overhead(direct.c1 if direct else None) or {}
+    c1_over_floor = run.c1.overhead(floor.c1 if floor and floor.ok else None) or {}
+    ttft_over = run.ttft.overhead(direct.ttft if direct else None) or {}
     lite_ok = litellm is not None and litellm.ok and litellm.concurrent.ok
     conc = run.concurrent if run.concurrent.ok else None
-    return [
-        Check("1-conn overhead p50 <= 1 ms", c1_over["p50"] if c1_over else None, LIMIT_C1_P50_MS, "ms"),
-        Check("1-conn overhead p99 <= 3 ms", c1_over["p99"] if c1_over else None, LIMIT_C1_P99_MS, "ms"),
+
+    def disturbed(pick: str, *others: TargetRun | None) -> bool:
+        return any(
+            r is not None and r.ok and r.point_foreign_cpus(pick) > FOREIGN_WARN_CPUS for r in (run, *others)
+        )
+
+    by_point = {
+        "c1": disturbed("c1", direct, floor),
+        "concurrent": disturbed("concurrent", floor, litellm),
+        "ttft": disturbed("ttft", direct),
+        "rss": False,  # memory after the load does not depend on the CPU share
+    }
+    checks = [
+        Check("1-conn overhead p50 <= 1 ms", c1_over.get("p50"), LIMIT_C1_P50_MS, "ms", "c1"),
+        Check("1-conn overhead p99 <= 2 ms", c1_over.get("p99"), LIMIT_C1_P99_MS, "ms", "c1"),
+        Check("1-conn overhead vs floor p50", c1_over_floor.get("p50"), None, "ms", "c1"),
+        Check("1-conn overhead vs floor p99", c1_over_floor.get("p99"), None, "ms", "c1"),
+        Check(
+            "64-conn req/s >= 2/3 floor",
+            run.concurrent.share_of(floor.concurrent if floor and floor.ok else None),
+            LIMIT_SHARE_OF_FLOOR,
+            "x",
+            "concurrent",
+            higher_is_better=True,
+        ),
         Check(
             "64-conn req/s >= 10x LiteLLM",
             ratio(conc.rps if conc else None, litellm.concurrent.rps if lite_ok and litellm else None),
             LIMIT_RPS_VS_LITELLM,
             "x",
+            "concurrent",
             higher_is_better=True,
         ),
         Check(
@@ -257,15 +322,20 @@ def checks_for(run: TargetRun, direct: TargetRun | None, litellm: TargetRun | No
             ),
             LIMIT_P99_VS_LITELLM,
             "x",
+            "concurrent",
         ),
-        Check("TTFT overhead p50 <= 2 ms", ttft_over["p50"] if ttft_over else None, LIMIT_TTFT_P50_MS, "ms"),
+        Check("TTFT overhead p50 <= 2 ms", ttft_over.get("p50"), LIMIT_TTFT_P50_MS, "ms", "ttft"),
         Check(
             "router RSS <= 1/3 LiteLLM",
             ratio(run.rss_mib, litellm.rss_mib if litellm and litellm.ok else None),
             LIMIT_RSS_VS_LITELLM,
             "x",
+            "rss",
         ),
     ]
+    for check in checks:
+        check.disturbed = by_point[check.point]
+    return checks
 
 
 def table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:
@@ -280,34 +350,52 @@ def table(headers: list[str], rows: list[list[str]], align: str) -> list[str]:
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-def point_rows(
-    runs: dict[str, TargetRun], pick: str, goals: dict[str, list[Check]], goal_idx: tuple[int, ...]
-) -> list[list[str]]:
+def goal_notes(checks: list[Check], point: str) -> str:
+    """The goals (not the figures shown for information) checked at one point."""
+    return ", ".join(c.text() for c in checks if c.point == point and c.limit is not None)
+
+
+def point_rows(runs: dict[str, TargetRun], pick: str, goals: dict[str, list[Check]]) -> list[list[str]]:
     direct = runs.get("direct")
+    floor = runs.get("floor")
     rows: list[list[str]] = []
     for name in TARGETS:
         run = runs.get(name)
         if run is None:
             continue
+        blank = [""] * 9
         if not run.ok:
-            rows.append([LABELS[name], "failed", "", "", "", "", "", "", first_line(run.message)])
+            rows.append([LABELS[name], "failed", *blank, first_line(run.message)])
             continue
         point: Point = getattr(run, pick)
         ref: Point | None = getattr(direct, pick) if direct and name != "direct" else None
+        # The floor is compared with the rows that do more than it: not with itself or the upstream.
+        floor_ref: Point | None = (
+            getattr(floor, pick) if floor and floor.ok and name not in ("direct", "floor") else None
+        )
         if not point.ok:
-            rows.append([LABELS[name], "error", "", "", "", "", "", "", first_line(point.error or "")])
+            rows.append([LABELS[name], "error", *blank, first_line(point.error or "")])
             continue
         assert point.pct is not None
         over = point.overhead(ref)
-        note = ", ".join(goals[name][i].text() for i in goal_idx) if name in goals else ""
+        over_floor = point.overhead(floor_ref)
+        share = point.share_of(floor_ref)
+        note = goal_notes(goals[name], pick) if name in goals else ""
         if point.errors:
             note = f"{point.errors} errors; {note}" if note else f"{point.errors} errors"
+        foreign = run.point_foreign_cpus(pick)
+        if foreign > FOREIGN_WARN_CPUS or point.attempts > 1:
+            tries = f", best of {point.attempts} attempts" if point.attempts > 1 else ""
+            disturbance = f"[other processes: {foreign:.2f} CPUs{tries}]"
+            note = f"{disturbance} {note}" if note else disturbance
         rows.append(
             [
                 LABELS[name],
                 fmt_rps(point.rps),
+                f"{share:.2f}" if share is not None else "-",
                 *(fmt_ms(point.pct.get(p)) for p in PERCENTILES),
                 *(fmt_over(over[p]) if over else "-" for p in PERCENTILES),
+                *(fmt_over(over_floor[p]) if over_floor else "-" for p in ("p50", "p99")),
                 note,
             ]
         )
@@ -321,21 +409,37 @@ def first_line(text: str) -> str:
 
 def render_mode(mode: str, runs: dict[str, TargetRun], connections: int) -> tuple[list[str], Json]:
     direct = runs.get("direct")
+    floor = runs.get("floor")
     litellm = runs.get("litellm")
     goals = {
-        name: checks_for(run, direct, litellm) for name, run in runs.items() if name in GATEWAYS and run.ok
+        name: checks_for(run, direct, floor, litellm)
+        for name, run in runs.items()
+        if name in GATEWAYS and run.ok
     }
     out = [f"=== {MODE_TITLES.get(mode, mode)} ===", ""]
-    lat_headers = ["", "req/s", "p50 ms", "p90 ms", "p99 ms", "+p50", "+p90", "+p99", "goals (gateway)"]
-    align = "lrrrrrrrl"
-    sections = [
-        ("(a) non-streaming, 1 connection", "c1", (0, 1)),
-        (f"(b) non-streaming, {connections} connections", "concurrent", (2, 3)),
-        ("(c) streaming time to first token, 1 connection (req/s = streams/s)", "ttft", (4,)),
+    lat_headers = [
+        "",
+        "req/s",
+        "x floor",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "+p50",
+        "+p90",
+        "+p99",
+        "f+p50",
+        "f+p99",
+        "goals (gateway)",
     ]
-    for title, pick, idx in sections:
+    align = "lrrrrrrrrrrl"
+    sections = [
+        ("(a) non-streaming, 1 connection", "c1"),
+        (f"(b) non-streaming, {connections} connections", "concurrent"),
+        ("(c) streaming time to first token, 1 connection (req/s = streams/s)", "ttft"),
+    ]
+    for title, pick in sections:
         out.append(title)
-        out.extend(table(lat_headers, point_rows(runs, pick, goals, idx), align))
+        out.extend(table(lat_headers, point_rows(runs, pick, goals), align))
         out.append("")
     out.append("(d) resident memory after the load")
     rss_rows: list[list[str]] = []
@@ -352,7 +456,7 @@ def render_mode(mode: str, runs: dict[str, TargetRun], connections: int) -> tupl
         if name == "distributed" and run.total_rss_mib is not None:
             extra = f"all five services: {run.total_rss_mib:.1f} MiB"
         if name in goals:
-            extra = ", ".join(filter(None, [goals[name][5].text(), extra]))
+            extra = ", ".join(filter(None, [goal_notes(goals[name], "rss"), extra]))
         rss_rows.append([LABELS[name], what, f"{run.rss_mib:.1f}" if run.rss_mib is not None else "-", extra])
     out.extend(table(["", "process", "RSS MiB", "goals (gateway)"], rss_rows, "llrl"))
     out.append("")
@@ -376,13 +480,17 @@ def render_mode(mode: str, runs: dict[str, TargetRun], connections: int) -> tupl
     for name, run in runs.items():
         entry: Json = {"ok": run.ok, "message": run.message, "foreign_cpus": run.foreign_cpus}
         if run.ok:
+            vs_direct = direct if direct and name != "direct" else None
+            vs_floor = floor if floor and floor.ok and name not in ("direct", "floor") else None
             entry.update(
                 {
-                    "c1": run.c1.as_json(direct.c1 if direct and name != "direct" else None),
-                    "concurrent": run.concurrent.as_json(
-                        direct.concurrent if direct and name != "direct" else None
-                    ),
-                    "ttft": run.ttft.as_json(direct.ttft if direct and name != "direct" else None),
+                    **{
+                        pick: getattr(run, pick).as_json(
+                            getattr(vs_direct, pick) if vs_direct else None,
+                            getattr(vs_floor, pick) if vs_floor else None,
+                        )
+                        for pick in ("c1", "concurrent", "ttft")
+                    },
                     "rss": run.rss,
                     "rss_mib": run.rss_mib,
                 }
@@ -404,16 +512,11 @@ def render_summary(all_goals: dict[tuple[str, str], list[Check]]) -> list[str]:
     for i, goal in enumerate(names):
         row = [goal]
         for key in columns:
-            check = all_goals[key][i]
-            if check.met is None:
-                row.append("n/a")
-            else:
-                assert check.value is not None
-                row.append(f"{fmt_value(check.value, check.unit)} {'met' if check.met else 'MISSED'}")
+            row.append(all_goals[key][i].verdict())
         rows.append(row)
     headers = ["goal"] + [f"{mode} {target}" for mode, target in columns]
     return [
-        "=== goals summary (value, and whether the goal is met) ===",
+        "=== goals summary (value, and whether the goal is met; no verdict = shown for information) ===",
         "",
         *table(headers, rows, "l" + "r" * len(columns)),
         "",
@@ -432,7 +535,9 @@ def main() -> int:
         f"LLM Gateway benchmark {meta.get('run_id', '')}"
         f"{' (quick)' if meta.get('quick') else ''}: {meta.get('duration_s', '?')} s per point, "
         f"{meta.get('cpus', '?')} x {meta.get('cpu', '?')}",
-        "latencies in ms; +pNN = overhead vs direct upstream at the same percentile",
+        "latencies in ms; +pNN = overhead vs direct upstream at the same percentile,",
+        "f+pNN = overhead vs the floor (bare uvicorn + aiohttp relay),",
+        "x floor = req/s as a share of the floor's",
         "",
     ]
     document: Json = {"meta": meta, "modes": {}}
@@ -451,7 +556,8 @@ def main() -> int:
         for name in GATEWAYS:
             run = runs.get(name)
             if run is not None and run.ok:
-                all_goals[(mode, name)] = checks_for(run, runs.get("direct"), runs.get("litellm"))
+                refs = (runs.get("direct"), runs.get("floor"), runs.get("litellm"))
+                all_goals[(mode, name)] = checks_for(run, *refs)
     lines.extend(render_summary(all_goals))
     print("\n".join(lines))
     if args.json:
