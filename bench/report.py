@@ -536,7 +536,7 @@ def main() -> int:
         f"{' (quick)' if meta.get('quick') else ''}: {meta.get('duration_s', '?')} s per point, "
         f"{meta.get('cpus', '?')} x {meta.get('cpu', '?')}",
         "latencies in ms; +pNN = overhead vs direct upstream at the same percentile,",
-        "f+pNN = overhead vs the floor (bare uvicorn + aiohttp relay),",
+        "f+pNN = overhead vs the floor (bare uvicorn relay, the router's provider client),",
         "x floor = req/s as a share of the floor's",
         "",
     ]

@@ -549,9 +549,9 @@ bench_floor() {
         write_status "$dir" 0 "failed to start: $GATEWAY_VENV missing"
         return 0
     fi
-    # The gateway's virtualenv: the same uvicorn, uvloop, httptools and aiohttp.
+    # The gateway's virtualenv: the same uvicorn, uvloop, httptools and provider client.
     start_bg "$logfile" "$SERVER_CPU" env PYTHONUNBUFFERED=1 \
-        "$GATEWAY_VENV/bin/python" "$BENCH_DIR/floor.py" --host 127.0.0.1 --port "$FLOOR_PORT" \
+        env PYTHONPATH="$ROOT" "$GATEWAY_VENV/bin/python" "$BENCH_DIR/floor.py" --host 127.0.0.1 --port "$FLOOR_PORT" \
         --upstream "http://127.0.0.1:$UPSTREAM_JSON_PORT" \
         --stream-upstream "http://127.0.0.1:$UPSTREAM_SSE_PORT"
     pid=$STARTED_PID
@@ -564,7 +564,7 @@ bench_floor() {
     if [[ -n $problem ]]; then
         write_status "$dir" 0 "$problem" "$logfile"
     else
-        write_status "$dir" 1 "bench/floor.py: bare uvicorn + aiohttp relay (pid $pid)"
+        write_status "$dir" 1 "bench/floor.py: bare uvicorn relay with the router's provider client (pid $pid)"
         SERVER_PIDS=("$pid")
         measure "$dir" "$base"
         write_rss "$dir" "floor=$pid"
