@@ -1,12 +1,17 @@
 """The cache service: exact and semantic response cache (docs/cache.md).
 
-    POST   /v1/cache/lookup                 {tenant, model, request[, semantic, max_age_s]}
-    POST   /v1/cache/store                  {tenant, model, request, response[, ttl_s, semantic]}
+    POST   /v1/cache/lookup                 {tenant, model, request[, semantic, max_age_s, region]}
+    POST   /v1/cache/store                  {tenant, model, request, response[, ttl_s, semantic, region]}
     GET    /v1/cache/stats                  hit / miss counts (this replica and all), index size
-    GET    /v1/cache/namespaces[?tenant=]   namespaces with their entry and hit counts
+    GET    /v1/cache/namespaces[?tenant=&region=]  namespaces with their entry and hit counts
     GET    /v1/cache/namespaces/{ns}        one namespace's entries, most recently used first
     DELETE /v1/cache/namespaces/{ns}        flush one namespace
-    POST   /v1/cache/flush                  {tenant} or {all: true}: flush many
+    POST   /v1/cache/flush                  {tenant[, region]}, {region} or {all: true}: flush many
+
+`region` (the region of the router that asks) is part of the namespace: an entry
+stored with one is found only by lookups with the same one. Lookup and store
+answers repeat it, so a router can tell a cache that applied it from one that did
+not know the field.
 
 Every endpoint needs the master key (the router holds it): whoever can call the
 cache can read any tenant's answers. Distributed, entries live in Redis and every
@@ -20,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -40,6 +46,7 @@ from services.cache.semantic import Hit, SemanticCache, TextEncoder
 from services.cache.store import RedisEntries
 from services.cache.verifier import build as build_verifier
 from services.kernel.bearer import require_master_key
+from services.kernel.config import REGION_NAME
 from services.kernel.errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
 from services.kernel.service import ServiceApp, build_app, json_response
 from services.kernel.settings import Settings
@@ -71,6 +78,21 @@ def _name(body: dict[str, Any], field: str) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_NAME:
         raise InvalidRequest(f"'{field}' must be a string of 1 to {MAX_NAME} characters.", param=field)
     return value
+
+
+def _region(value: Any, field: str = "region") -> str | None:
+    """An optional region name (as in the configuration); None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(REGION_NAME, value):
+        raise InvalidRequest(
+            f"'{field}' must be a region name (lower-case letters, digits and dashes).", param=field
+        )
+    return value
+
+
+def _placed(reply: dict[str, Any], region: str | None) -> dict[str, Any]:
+    return reply if region is None else {**reply, "region": region}
 
 
 def _chat_request(body: dict[str, Any]) -> dict[str, Any]:
@@ -191,22 +213,28 @@ def create_app(
         body = await read_json(request, body_limit)
         tenant, model, chat = _name(body, "tenant"), _name(body, "model"), _chat_request(body)
         semantic, max_age_s = _flag(body, "semantic"), _seconds(body, "max_age_s")
+        region = _region(body.get("region"))
         with storage():
-            result = await cache.lookup(tenant, model, chat, semantic=semantic, max_age_s=max_age_s)
+            result = await cache.lookup(
+                tenant, model, chat, semantic=semantic, max_age_s=max_age_s, region=region
+            )
         if isinstance(result, Hit):
             head = orjson.dumps(
-                {
-                    "hit": True,
-                    "kind": result.kind,
-                    "similarity": round(result.similarity, 4),
-                    "age_s": result.age_s,
-                }
+                _placed(
+                    {
+                        "hit": True,
+                        "kind": result.kind,
+                        "similarity": round(result.similarity, 4),
+                        "age_s": result.age_s,
+                    },
+                    region,
+                )
             )
             # The stored answer is already JSON: spliced in, not parsed and re-encoded.
             return Response(
                 head[:-1] + b',"response":' + result.response + b"}", media_type="application/json"
             )
-        return json_response({"hit": False, "reason": result.reason})
+        return json_response(_placed({"hit": False, "reason": result.reason}, region))
 
     async def store(request: Request) -> Response:
         cache = cache_of(request)
@@ -216,11 +244,12 @@ def create_app(
             raise InvalidRequest("'response' must be a chat.completion object.", param="response")
         tenant, model, chat = _name(body, "tenant"), _name(body, "model"), _chat_request(body)
         ttl_s, semantic = _seconds(body, "ttl_s"), _flag(body, "semantic")
+        region = _region(body.get("region"))
         with storage():
             kind = await cache.store(
-                tenant, model, chat, orjson.dumps(response), ttl_s=ttl_s, semantic=semantic
+                tenant, model, chat, orjson.dumps(response), ttl_s=ttl_s, semantic=semantic, region=region
             )
-        return json_response({"stored": kind in ("semantic", "exact_only"), "kind": kind})
+        return json_response(_placed({"stored": kind in ("semantic", "exact_only"), "kind": kind}, region))
 
     async def stats(request: Request) -> Response:
         cache = cache_of(request)
@@ -248,6 +277,7 @@ def create_app(
             "namespace": info.namespace,
             "tenant": info.tenant,
             "model": info.model,
+            "region": info.region,
             "entries": info.entries,
             "hits": info.hits,
             "created": info.created,
@@ -258,8 +288,9 @@ def create_app(
         tenant = request.query_params.get("tenant")
         if tenant is not None and not 0 < len(tenant) <= MAX_NAME:
             raise InvalidRequest("'tenant' is too long.", param="tenant")
+        region = _region(request.query_params.get("region"))
         with storage():
-            rows = await cache.entries.namespaces(tenant)
+            rows = await cache.entries.namespaces(tenant, region)
         return json_response({"object": "list", "data": [_info(r) for r in rows]})
 
     async def namespace(request: Request) -> Response:
@@ -299,15 +330,21 @@ def create_app(
     async def flush_many(request: Request) -> Response:
         cache = cache_of(request)
         body = await read_json(request, 64 * 1024)
-        if body.get("all") is True:
-            tenant = None
-        elif "tenant" in body:
-            tenant = _name(body, "tenant")
-        else:
-            raise InvalidRequest('Send {"tenant": ...} or {"all": true}.', param="tenant")
+        tenant = region = None
+        if body.get("all") is not True:
+            if "tenant" not in body and "region" not in body:
+                raise InvalidRequest(
+                    'Send {"tenant": ...}, {"region": ...}, both, or {"all": true}.', param="tenant"
+                )
+            if "tenant" in body:
+                tenant = _name(body, "tenant")
+            if "region" in body:
+                region = _region(body["region"])
+                if region is None:
+                    raise InvalidRequest("'region' must be a region name.", param="region")
         count = 0
         with storage():
-            infos = await cache.entries.namespaces(tenant)
+            infos = await cache.entries.namespaces(tenant, region)
             for info in infos:
                 count += await cache.flush(info.namespace)
         return json_response({"flushed": count, "namespaces": len(infos)})

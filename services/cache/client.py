@@ -2,7 +2,9 @@
 
 Each call takes a timeout and raises `CacheUnavailable` when the service is down,
 slow past it, or answers with an error: callers treat that as a miss (lookup) or a
-skipped store, and count it.
+skipped store, and count it. A call with a `region` also fails when the answer does
+not repeat that region: a cache service that does not know the field would otherwise
+share entries across regions silently (during an upgrade, say).
 """
 
 from __future__ import annotations
@@ -75,11 +77,12 @@ class CacheClient(ServiceClient):
         wait_s: float,
         semantic: bool = True,
         max_age_s: float | None = None,
+        region: str | None = None,
     ) -> CacheLookup:
         payload: dict[str, Any] = {"tenant": tenant, "model": model, "request": request, "semantic": semantic}
         if max_age_s is not None:
             payload["max_age_s"] = max_age_s
-        data = await self._post("/v1/cache/lookup", payload, wait_s)
+        data = await self._post_placed("/v1/cache/lookup", payload, wait_s, region)
         if not data.get("hit"):
             return CacheLookup(False, reason=str(data.get("reason", "")))
         completion = data.get("response")
@@ -103,6 +106,7 @@ class CacheClient(ServiceClient):
         wait_s: float,
         ttl_s: float | None = None,
         semantic: bool = True,
+        region: str | None = None,
     ) -> str:
         """Store an answer; returns how ("semantic", "exact_only") or why not ("too_large")."""
         payload: dict[str, Any] = {
@@ -114,5 +118,17 @@ class CacheClient(ServiceClient):
         }
         if ttl_s is not None:
             payload["ttl_s"] = ttl_s
-        data = await self._post("/v1/cache/store", payload, wait_s)
+        data = await self._post_placed("/v1/cache/store", payload, wait_s, region)
         return str(data.get("kind", ""))
+
+    async def _post_placed(
+        self, path: str, payload: dict[str, Any], wait_s: float, region: str | None
+    ) -> dict[str, Any]:
+        """A call in a region's namespace (None: no region, and no field sent, as before
+        regions existed)."""
+        if region is None:
+            return await self._post(path, payload, wait_s)
+        data = await self._post(path, {**payload, "region": region}, wait_s)
+        if data.get("region") != region:
+            raise CacheUnavailable("error")
+        return data

@@ -27,6 +27,7 @@ class NewEntry:
     ttl_s: float
     tenant: str
     model: str
+    region: str | None = None  # the region of the router that stored it (part of the namespace)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class NamespaceInfo:
     entries: int
     hits: int
     created: float
+    region: str | None = None  # None: stored by a router with no region
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -106,7 +108,9 @@ class Entries(Protocol):
         """Delete expired entries and empty namespaces."""
         ...
 
-    async def namespaces(self, tenant: str | None = None) -> list[NamespaceInfo]: ...
+    async def namespaces(self, tenant: str | None = None, region: str | None = None) -> list[NamespaceInfo]:
+        """Namespaces, of one tenant and / or one region when given."""
+        ...
 
     async def entries(self, namespace: str, limit: int) -> list[EntryInfo]:
         """The namespace's entries, most recently used first."""

@@ -1,12 +1,17 @@
 """What a request is cached under: its namespace, its exact key and its semantic text.
 
 The namespace holds everything that must be equal for two requests to share an
-answer, apart from the last user message: the tenant, the model, the system and
+answer, apart from the last user message: the region whose router stored it (when
+the router has one), the tenant, the model, the system and
 developer messages, the earlier turns of the conversation, and every request
 parameter except the few known not to change the answer. A parameter the gateway
 does not know changes the namespace: an unknown field splits the cache rather than
 serving a wrong answer. The exact key adds the last user message, normalised; the
 semantic layer compares that message's text by meaning, only within the namespace.
+
+Without a region the namespace is what it was before regions existed: the region is
+added to what is hashed only when there is one, so entries stored by a router with no
+region stay valid (tests/cache/test_keys.py pins that format).
 """
 
 from __future__ import annotations
@@ -83,8 +88,16 @@ def _canonical_message(message: dict[str, Any]) -> tuple[dict[str, Any], str | N
     return out, text
 
 
-def request_key(tenant: str, model: str, body: dict[str, Any], *, semantic_max_chars: int) -> RequestKey:
-    """The cache key of a chat completion request, as above. `body` is validated already."""
+def request_key(
+    tenant: str,
+    model: str,
+    body: dict[str, Any],
+    *,
+    semantic_max_chars: int,
+    region: str | None = None,
+) -> RequestKey:
+    """The cache key of a chat completion request, as above. `body` is validated already;
+    `region` is the region of the router that serves it (None: no region configured)."""
     messages = body.get("messages") or []
     canonical = []
     texts = []
@@ -102,10 +115,10 @@ def request_key(tenant: str, model: str, body: dict[str, Any], *, semantic_max_c
     prompt_text = texts[last] if last == len(canonical) - 1 and last >= 0 else None
     context = canonical[:last] if prompt_text is not None else canonical
     params = {k: v for k, v in body.items() if k not in DELIVERY_ONLY}
-    scope = orjson.dumps(
-        {"tenant": tenant, "model": model, "context": context, "params": params},
-        option=orjson.OPT_SORT_KEYS,
-    )
+    fields: dict[str, Any] = {"tenant": tenant, "model": model, "context": context, "params": params}
+    if region is not None:
+        fields["region"] = region
+    scope = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
     namespace = _digest(scope)
     exact = _digest(scope + b"\x00" + orjson.dumps(canonical[last:], option=orjson.OPT_SORT_KEYS))
     text = prompt_text if prompt_text and len(prompt_text) <= semantic_max_chars else None

@@ -32,6 +32,7 @@ class _Entry:
 class _Space:
     tenant: str
     model: str
+    region: str | None
     created: float
     entries: OrderedDict[str, _Entry] = dataclasses.field(default_factory=OrderedDict)  # LRU first
     hits: int = 0
@@ -91,7 +92,7 @@ class MemoryEntries:
         ns = entry.namespace
         space = self.spaces.get(ns)
         if space is None:
-            space = self.spaces[ns] = _Space(entry.tenant, entry.model, now)
+            space = self.spaces[ns] = _Space(entry.tenant, entry.model, entry.region, now)
         expires = now + entry.ttl_s
         space.entries[entry.entry_id] = _Entry(entry.response, entry.text, entry.vector, now, expires, now)
         space.entries.move_to_end(entry.entry_id)
@@ -129,11 +130,11 @@ class MemoryEntries:
                 changes.append(Change("del", ns, entry_id))
         return changes
 
-    async def namespaces(self, tenant: str | None = None) -> list[NamespaceInfo]:
+    async def namespaces(self, tenant: str | None = None, region: str | None = None) -> list[NamespaceInfo]:
         return [
-            NamespaceInfo(ns, s.tenant, s.model, len(s.entries), s.hits, s.created)
+            NamespaceInfo(ns, s.tenant, s.model, len(s.entries), s.hits, s.created, s.region)
             for ns, s in sorted(self.spaces.items())
-            if tenant is None or s.tenant == tenant
+            if (tenant is None or s.tenant == tenant) and (region is None or s.region == region)
         ]
 
     async def entries(self, namespace: str, limit: int) -> list[EntryInfo]:

@@ -3,7 +3,8 @@
 Lookup: the exact key first (one Redis round trip); then, for a text prompt, its
 embedding is compared with the namespace's vectors in the in-process index, and the
 nearest candidates are fetched and checked by the verifier, best first. A lookup
-never searches outside the request's namespace, which includes the tenant. While
+never searches outside the request's namespace, which includes the tenant and the
+region of the router that asks (when it has one). While
 the embedding model is still loading a lookup is exact-only (counted).
 
 Store: the answer goes under the request's exact key, with the prompt's vector when
@@ -81,8 +82,10 @@ class SemanticCache:
         self.recent: OrderedDict[str, np.ndarray] = OrderedDict()
         self.recent_max = 4096
 
-    def key(self, tenant: str, model: str, request: dict[str, Any]) -> RequestKey:
-        return request_key(tenant, model, request, semantic_max_chars=self.config.semantic_max_chars)
+    def key(self, tenant: str, model: str, request: dict[str, Any], region: str | None = None) -> RequestKey:
+        return request_key(
+            tenant, model, request, semantic_max_chars=self.config.semantic_max_chars, region=region
+        )
 
     def _semantic_possible(self, key: RequestKey, wanted: bool) -> str | None:
         """Why the semantic layer cannot run for this request, or None."""
@@ -102,9 +105,10 @@ class SemanticCache:
         *,
         semantic: bool = True,
         max_age_s: float | None = None,
+        region: str | None = None,
     ) -> Hit | Miss:
         started = time.perf_counter()
-        result = await self._lookup(self.key(tenant, model, request), semantic, max_age_s)
+        result = await self._lookup(self.key(tenant, model, request, region), semantic, max_age_s)
         outcome = result.kind if isinstance(result, Hit) else "miss"
         self.metrics.lookups.labels(outcome).inc()
         self.metrics.duration.labels(outcome).observe(time.perf_counter() - started)
@@ -161,12 +165,13 @@ class SemanticCache:
         *,
         ttl_s: float | None = None,
         semantic: bool = True,
+        region: str | None = None,
     ) -> str:
         """Keep an answer; returns "semantic", "exact_only", or why it was not stored."""
         if len(response) > self.config.max_entry_bytes:
             self.metrics.refused.labels("too_large").inc()
             return "too_large"
-        key = self.key(tenant, model, request)
+        key = self.key(tenant, model, request, region)
         vector = None
         if self._semantic_possible(key, semantic) is None:
             assert self.encoder is not None
@@ -183,6 +188,7 @@ class SemanticCache:
             min(ttl_s or self.config.ttl_s, self.config.max_ttl_s),
             tenant,
             model,
+            region,
         )
         changes = await self.entries.put(entry, time.time(), self.limits)
         self.apply(changes)  # the other replicas hear it through storage

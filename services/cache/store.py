@@ -6,7 +6,8 @@ Keys of one namespace share a hash tag (`{ns}`):
                     e expires ms, h hits; PEXPIRE'd at its TTL
     P:{ns}:lru      zset id → last used ms (the per-namespace cap evicts its lowest)
     P:{ns}:exp      zset id → expires ms (the sweep removes what is past)
-    P:{ns}:meta     hash: tenant, model, created, hits (expires with the namespace's last entry)
+    P:{ns}:meta     hash: tenant, model, region (when the storing router has one), created,
+                    hits (expires with the namespace's last entry)
     P:lru           zset "ns/id" → last used ms (the overall cap)
     P:namespaces    set of namespace ids
     P:sync          stream of changes (add with vector, del, flush) every replica follows
@@ -54,6 +55,7 @@ redis.call('ZADD', lru, now, id)
 redis.call('ZADD', exp, expires, id)
 redis.call('ZADD', glru, now, ns .. '/' .. id)
 redis.call('HSET', meta, 'tenant', ARGV[12], 'model', ARGV[13])
+if ARGV[15] ~= '' then redis.call('HSET', meta, 'region', ARGV[15]) end
 redis.call('HSETNX', meta, 'created', now)
 redis.call('HSETNX', meta, 'hits', 0)
 if redis.call('PTTL', meta) < ttl then redis.call('PEXPIRE', meta, ttl) end
@@ -238,6 +240,7 @@ class RedisEntries:
             entry.tenant,
             entry.model,
             self.sync_maxlen,
+            entry.region or "",
         ]
         removed = await self._put(keys=keys, args=args)
         changes = (
@@ -272,21 +275,30 @@ class RedisEntries:
             changes += [_removal(m) for m in removed]
         return changes
 
-    async def namespaces(self, tenant: str | None = None) -> list[NamespaceInfo]:
+    async def namespaces(self, tenant: str | None = None, region: str | None = None) -> list[NamespaceInfo]:
         names = sorted(_str(n) for n in await self.redis.smembers(self.spaces))
         async with self.redis.pipeline(transaction=False) as pipe:
             for ns in names:
-                pipe.hmget(self._key(ns, "meta"), "tenant", "model", "hits", "created")
+                pipe.hmget(self._key(ns, "meta"), "tenant", "model", "hits", "created", "region")
                 pipe.zcard(self._key(ns, "lru"))
             replies: Any = await pipe.execute()
         out = []
         for i, ns in enumerate(names):
-            (owner, model, hits, created), count = replies[2 * i], replies[2 * i + 1]
+            (owner, model, hits, created, placed), count = replies[2 * i], replies[2 * i + 1]
             if owner is None or (tenant is not None and _str(owner) != tenant):
+                continue
+            where = _str(placed) if placed is not None else None
+            if region is not None and where != region:
                 continue
             out.append(
                 NamespaceInfo(
-                    ns, _str(owner), _str(model), int(count), int(hits or 0), int(created or 0) / 1000
+                    ns,
+                    _str(owner),
+                    _str(model),
+                    int(count),
+                    int(hits or 0),
+                    int(created or 0) / 1000,
+                    where,
                 )
             )
         return out

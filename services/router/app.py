@@ -199,7 +199,7 @@ def create_app(
             cache: ResponseCache | None = given.cache
             if cache is None and config.cache.enabled and isinstance(clients.cache, CacheClient):
                 clients.cache.authorize(settings.master_key)
-                cache = GatewayCache(clients.cache, config.cache, metrics)
+                cache = GatewayCache(clients.cache, config.cache, metrics, regions)
             cache_enabled = cache is not None
             cache = cache or NoCache()
             stored = StoredCompletions(

@@ -9,12 +9,22 @@ temperature (no caching above `max_temperature`), and its headers:
     Cache-Control: max-age=N     accept only an answer stored in the last N seconds
     x-gateway-cache-ttl: N       keep this answer N seconds (capped by cache.max_ttl_s)
 
-The namespace is the tenant (the caller's team, or key; `cache.tenant`) and the
-public model; the cache service adds the system prompt, earlier turns and every
-parameter that changes the answer. Responses say `x-gateway-cache: hit|miss|bypass`,
-and on a hit `x-gateway-cache-kind` (exact, semantic), `x-gateway-cache-similarity`
-and `age`. The cache is optional: a lookup that fails or takes longer than
-`cache.lookup_timeout_ms` is a miss, counted in `gateway_stage_outcomes_total`.
+The namespace is the tenant (the caller's team, or key; `cache.tenant`), the
+public model and, when the router has one, its region; the cache service adds the
+system prompt, earlier turns and every parameter that changes the answer. An entry
+stored by a router in one region is therefore only ever found by routers of that
+region, even where regions share a Redis. A request restricted to regions (its key,
+its team, or `region.residency`) that this router's region is not one of is served
+elsewhere: the cache is neither looked up nor written for it (bypass, reason
+`region`), nor is it for a restricted request at a router with no region (nothing
+tells where its entry would be kept).
+
+Responses say `x-gateway-cache: hit|miss|bypass`, on a bypass
+`x-gateway-cache-bypass` (disabled, temperature, region, no-cache), and on a hit
+`x-gateway-cache-kind` (exact, semantic), `x-gateway-cache-similarity` and `age`.
+The cache is optional: a lookup that fails or takes longer than
+`cache.lookup_timeout_ms` is a miss, counted in `gateway_stage_outcomes_total`
+(as are the lookups and stores left out for residency, outcome `outside_region`).
 """
 
 from __future__ import annotations
@@ -33,12 +43,14 @@ from services.kernel.ids import new_id
 from services.router.exchange import Exchange
 from services.router.metrics import RouterMetrics
 from services.router.providers.base import Usage
+from services.router.regions import RegionPolicy
 
 log = logging.getLogger("gateway.router.cache")
 
 TTL_HEADER = b"x-gateway-cache-ttl"
 STORABLE_FINISH = frozenset({"stop", "length", "tool_calls", "function_call"})
 _STATE = b"x-gateway-cache"
+_BYPASS = b"x-gateway-cache-bypass"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,6 +72,7 @@ class Policy:
     ttl_s: float
     max_age_s: float | None
     tenant: str
+    region: str | None  # part of the namespace: the router's region (None: it has none)
 
 
 def _cache_control(value: bytes) -> dict[str, str]:
@@ -84,10 +97,17 @@ def _seconds(value: str, what: str) -> float:
 class GatewayCache:
     """`ResponseCache` over the cache service (see the module docstring)."""
 
-    def __init__(self, client: CacheClient, config: CacheConfig, metrics: RouterMetrics) -> None:
+    def __init__(
+        self,
+        client: CacheClient,
+        config: CacheConfig,
+        metrics: RouterMetrics,
+        regions: RegionPolicy | None = None,
+    ) -> None:
         self.client = client
         self.config = config
         self.metrics = metrics
+        self.regions = regions or RegionPolicy()
         self.lookup_timeout = config.lookup_timeout_ms / 1000
         self.store_timeout = config.store_timeout_ms / 1000
 
@@ -107,20 +127,27 @@ class GatewayCache:
             rules.append(rule)
         return rules
 
-    def policy(self, ex: Exchange) -> Policy | None:
-        """None when the cache is off for this request (configuration or temperature)."""
+    def policy(self, ex: Exchange) -> Policy | str:
+        """What the cache may do for this request, or why it is off for it: "disabled"
+        (configuration), "temperature", or "region" (served outside its regions)."""
         rules = self._rules(ex)
 
         def setting(name: str, default: Any) -> Any:
             return next((v for r in rules if (v := getattr(r, name)) is not None), default)
 
         if not setting("enabled", True):
-            return None
+            return "disabled"
         temperature = ex.body.get("temperature")
         if isinstance(temperature, int | float) and temperature > setting(
             "max_temperature", self.config.max_temperature
         ):
-            return None
+            return "temperature"
+        local = self.regions.local
+        allowed = self.regions.allowed(ex.principal)
+        if allowed is not None and (local is None or local not in allowed):
+            # Served in another region (or in one this router cannot name): an entry kept
+            # here would leave the request's regions, and one found here came from outside.
+            return "region"
         directives = _cache_control(ex.headers.get(b"cache-control", b""))
         max_age = directives.get("max-age")
         ttl_s = setting("ttl_s", self.config.ttl_s)
@@ -140,12 +167,16 @@ class GatewayCache:
             ttl_s=ttl_s,
             max_age_s=_seconds(max_age, "Cache-Control max-age") if max_age is not None else None,
             tenant=tenant,
+            region=local,
         )
 
     async def lookup(self, ex: Exchange) -> Hit | None:
         policy = self.policy(ex)
-        if policy is None or not policy.lookup:
-            ex.response_headers.append((_STATE, b"bypass"))
+        if isinstance(policy, str) or not policy.lookup:
+            reason = policy if isinstance(policy, str) else "no-cache"
+            if reason == "region":
+                self.metrics.stage_outcome("cache_lookup", "outside_region")
+            ex.response_headers += [(_STATE, b"bypass"), (_BYPASS, reason.encode())]
             return None
         assert ex.route is not None
         try:
@@ -157,6 +188,7 @@ class GatewayCache:
                     wait_s=self.lookup_timeout,
                     semantic=policy.semantic,
                     max_age_s=policy.max_age_s,
+                    region=policy.region,
                 )
         except (TimeoutError, CacheUnavailable) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else exc.reason
@@ -191,7 +223,11 @@ class GatewayCache:
             policy = self.policy(ex)
         except InvalidRequest:
             return
-        if policy is None or not policy.store:
+        if isinstance(policy, str):
+            if policy == "region":
+                self.metrics.stage_outcome("cache_store", "outside_region")
+            return
+        if not policy.store:
             return
         try:
             async with asyncio.timeout(self.store_timeout):
@@ -203,6 +239,7 @@ class GatewayCache:
                     wait_s=self.store_timeout,
                     ttl_s=policy.ttl_s,
                     semantic=policy.semantic,
+                    region=policy.region,
                 )
         except TimeoutError:
             self.metrics.stage_outcome("cache_store", "timed_out")

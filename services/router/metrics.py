@@ -51,7 +51,8 @@ class RouterMetrics:
         )
         self.stage_outcomes = Counter(
             "gateway_stage_outcomes_total",
-            "Optional stages that did not run as asked: skipped (overload), failed, timed out",
+            "Optional stages that did not run as asked: skipped (overload), failed, timed out,"
+            " outside_region (cache left out to keep a request in its regions)",
             ["stage", "outcome"],
             registry=registry,
         )

@@ -84,6 +84,25 @@ async def test_namespaces_flush_and_hits(entries):
     assert [n.namespace for n in await entries.namespaces()] == ["ns2"]
 
 
+async def test_namespaces_show_and_filter_by_their_region(entries):
+    def placed(ns: str, tenant: str, region: str | None) -> NewEntry:
+        return NewEntry(ns, "e", b"{}", "", None, 60, tenant, "m", region)
+
+    await entries.put(placed("ns-eu", "team:t", "eu-west"), 1000.0, ROOMY)
+    await entries.put(placed("ns-us", "team:t", "us-east"), 1000.0, ROOMY)
+    await entries.put(placed("ns-none", "team:t", None), 1000.0, ROOMY)
+    await entries.put(placed("ns-eu-other", "team:o", "eu-west"), 1000.0, ROOMY)
+    assert {n.namespace: n.region for n in await entries.namespaces()} == {
+        "ns-eu": "eu-west",
+        "ns-us": "us-east",
+        "ns-none": None,
+        "ns-eu-other": "eu-west",
+    }
+    assert [n.namespace for n in await entries.namespaces(region="eu-west")] == ["ns-eu", "ns-eu-other"]
+    assert [n.namespace for n in await entries.namespaces("team:t", "eu-west")] == ["ns-eu"]
+    assert [n.namespace for n in await entries.namespaces(region="ap-south")] == []
+
+
 async def test_replacing_an_entry_keeps_one(entries):
     await entries.put(entry("ns1", "a", text="first"), 1000.0, ROOMY)
     await entries.put(entry("ns1", "a", text="second"), 1001.0, ROOMY)

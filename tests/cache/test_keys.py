@@ -98,3 +98,29 @@ def test_images_long_prompts_and_non_user_endings_are_exact_only():
         "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
     }
     assert key(ending).text is None
+
+
+# Computed by the key function as it was before regions: a router with no region must
+# keep finding what it stored then, so these never change.
+PINNED_NAMESPACE = "b57967f8381463fab26674f0c43f6753"
+PINNED_EXACT = "c6bc9714523bf95a7f8e0452837a5093"
+
+
+def test_without_a_region_the_key_format_is_unchanged():
+    body = chat("What is a gateway?", system="Be brief.", temperature=0.2)
+    pinned = key(body)
+    assert (pinned.namespace, pinned.exact) == (PINNED_NAMESPACE, PINNED_EXACT)
+    explicit = request_key("team:a", "m", body, semantic_max_chars=1000, region=None)
+    assert (explicit.namespace, explicit.exact) == (PINNED_NAMESPACE, PINNED_EXACT)
+
+
+def test_a_region_is_part_of_the_namespace():
+    body = chat("What is a gateway?")
+    eu = request_key("team:a", "m", body, semantic_max_chars=1000, region="eu-west")
+    us = request_key("team:a", "m", body, semantic_max_chars=1000, region="us-east")
+    plain = key(body)
+    assert len({eu.namespace, us.namespace, plain.namespace}) == 3
+    assert len({eu.exact, us.exact, plain.exact}) == 3
+    assert eu.text == us.text == plain.text  # the semantic layer compares the same prompt
+    again = request_key("team:a", "m", body, semantic_max_chars=1000, region="eu-west")
+    assert (again.namespace, again.exact) == (eu.namespace, eu.exact)

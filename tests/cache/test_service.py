@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from services.cache import app as cache_app
-from services.cache.client import CacheClient
+from services.cache.client import CacheClient, CacheUnavailable
 from services.kernel.encoder import Encoder
 from tests.cache.conftest import delete_prefix
 from tests.conftest import MASTER_KEY, REDIS_URL, make_settings
@@ -119,6 +119,63 @@ async def test_tenants_models_and_parameters_never_share_an_entry(tmp_path, enco
         assert (
             await cache.lookup("team:a", "mock-small", chat("What is the capital of Peru?"), wait_s=10)
         ).hit
+
+
+async def test_a_region_is_part_of_the_namespace_exact_and_semantic(tmp_path, encoder, cleanup):
+    async with replica(tmp_path, cleanup, encoder) as cache:
+        question, paraphrase = (
+            chat("How do I change my email address?"),
+            chat("How can I change my email address?"),
+        )
+        kind = await cache.store(
+            "team:a", "mock-small", question, answer("Open the settings."), wait_s=10, region="eu-west"
+        )
+        assert kind == "semantic"
+        for region in ("us-east", None):  # another region, and a router with none
+            for request in (question, paraphrase):
+                found = await cache.lookup("team:a", "mock-small", request, wait_s=10, region=region)
+                assert not found.hit, (region, request)
+        exact = await cache.lookup("team:a", "mock-small", question, wait_s=10, region="eu-west")
+        assert (exact.hit, exact.kind) == (True, "exact")
+        close = await cache.lookup("team:a", "mock-small", paraphrase, wait_s=10, region="eu-west")
+        assert (close.hit, close.kind) == (True, "semantic")
+
+        await cache.store(
+            "team:a", "mock-small", question, answer("Open the settings (us)."), wait_s=10, region="us-east"
+        )
+        spaces = (await cache.http.get("/v1/cache/namespaces", params={"tenant": "team:a"})).json()["data"]
+        assert sorted((s["region"], s["entries"]) for s in spaces) == [("eu-west", 1), ("us-east", 1)]
+        only = (await cache.http.get("/v1/cache/namespaces", params={"region": "us-east"})).json()["data"]
+        assert [s["region"] for s in only] == ["us-east"]
+        bad = await cache.http.get("/v1/cache/namespaces", params={"region": "EU West"})
+        assert (bad.status_code, bad.json()["error"]["param"]) == (400, "region")
+
+        flushed = await cache.http.post("/v1/cache/flush", json={"tenant": "team:a", "region": "us-east"})
+        assert flushed.json() == {"flushed": 1, "namespaces": 1}
+        assert not (await cache.lookup("team:a", "mock-small", question, wait_s=10, region="us-east")).hit
+        kept = await cache.lookup("team:a", "mock-small", question, wait_s=10, region="eu-west")
+        assert kept.completion is not None
+        assert kept.completion["choices"][0]["message"]["content"] == "Open the settings."
+
+
+async def test_a_cache_that_ignores_the_region_is_never_trusted_with_one():
+    """A cache service that predates regions answers without repeating the region: the
+    client takes that as a failure (a miss), never as a hit from a shared namespace."""
+
+    def old_service(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/cache/lookup":
+            return httpx.Response(200, json={"hit": True, "kind": "exact", "response": answer("x")})
+        return httpx.Response(200, json={"stored": True, "kind": "semantic"})
+
+    client = CacheClient(
+        httpx.AsyncClient(transport=httpx.MockTransport(old_service), base_url="http://cache")
+    )
+    async with client.http:
+        assert (await client.lookup("team:a", "m", chat("hi"), wait_s=1)).hit  # no region: as before
+        with pytest.raises(CacheUnavailable):
+            await client.lookup("team:a", "m", chat("hi"), wait_s=1, region="eu-west")
+        with pytest.raises(CacheUnavailable):
+            await client.store("team:a", "m", chat("hi"), answer("x"), wait_s=1, region="eu-west")
 
 
 async def test_the_verifier_turns_down_close_questions_that_ask_something_else(tmp_path, encoder, cleanup):
@@ -273,6 +330,13 @@ async def test_admin_api(tmp_path, encoder, cleanup):
             "ttl_s",
         ),
         ("/v1/cache/flush", b"{}", 400, "tenant"),
+        ("/v1/cache/flush", b'{"region": "Not A Region"}', 400, "region"),
+        (
+            "/v1/cache/lookup",
+            b'{"tenant": "t", "model": "m", "request": {"messages": [{"role": "user"}]}, "region": 7}',
+            400,
+            "region",
+        ),
     ],
 )
 async def test_bad_input_gets_a_clear_error(tmp_path, cleanup, path, body, status, param):
