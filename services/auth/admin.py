@@ -82,6 +82,7 @@ class Admin:
     throttle: LoginThrottle
     spend: SpendReader | None
     models: dict[str, str]  # configured public names and aliases → public name
+    regions: tuple[str, ...] = ()  # `region.names`; when set, a restriction must name only these
     document: dict[str, Any] = dataclasses.field(default_factory=dict)  # the OpenAPI document
 
     # --- plumbing -----------------------------------------------------------------
@@ -146,6 +147,23 @@ class Admin:
             out.append(public)
         return sorted(set(out))
 
+    def normalise_regions(self, names: list[str] | None) -> list[str] | None:
+        """A region restriction as stored: sorted, each name once, each a configured region
+        (when the configuration lists its regions)."""
+        if names is None:
+            return None
+        if self.regions:
+            for i, name in enumerate(names):
+                if name not in self.regions:
+                    param = f"regions[{i}]"
+                    raise InvalidRequest(
+                        f"{param}: no configured region is named {name!r}"
+                        f" (region.names: {', '.join(self.regions)})",
+                        param=param,
+                        code="unknown_region",
+                    )
+        return sorted(set(names))
+
     async def with_spend(self, view: dict[str, Any], subject: str) -> dict[str, Any]:
         budget = view.get("budget")
         if budget is None or self.spend is None:
@@ -168,6 +186,7 @@ class Admin:
                 "user_id": caller.user_id,
                 "team_id": caller.team_id,
                 "models": None if caller.models is None else sorted(caller.models),
+                "regions": None if caller.regions is None else sorted(caller.regions),
             }
         )
 
@@ -248,6 +267,7 @@ class Admin:
         body: schemas.TeamCreate = await self.body(request, schemas.TeamCreate)
         data = body.model_dump()
         data["models"] = self.normalise_models(body.models)
+        data["regions"] = self.normalise_regions(body.regions)
         async with self.db.transaction() as conn, unique("a team with this name exists"):
             team = await store.create_team(conn, data)
             await self.audit(conn, request, caller, "team.create", ("team", team["id"]), None, team)
@@ -273,6 +293,8 @@ class Admin:
             raise InvalidRequest("name: may not be null", param="name")
         if "models" in changes:
             changes["models"] = self.normalise_models(changes["models"])
+        if "regions" in changes:
+            changes["regions"] = self.normalise_regions(changes["regions"])
         async with self.db.transaction() as conn, unique("a team with this name exists"):
             before = await store.get_team(conn, team_id)
             if before is None:
@@ -462,10 +484,12 @@ class Admin:
         body: schemas.KeyCreate = await self.body(request, schemas.KeyCreate)
         data = body.model_dump()
         data["models"] = self.normalise_models(body.models)
+        data["regions"] = self.normalise_regions(body.regions)
         if caller.role == "member":
             if caller.user_id is None:
                 raise denied("create keys without a user")
-            limited = sorted(f for f in ("models", "rpm", "tpm", "budget") if f in body.model_fields_set)
+            limits = ("models", "regions", "rpm", "tpm", "budget")
+            limited = sorted(f for f in limits if f in body.model_fields_set)
             if limited:
                 raise denied(f"set {', '.join(limited)} (an administrator sets limits)")
             if body.user_id not in (None, caller.user_id):
@@ -510,6 +534,8 @@ class Admin:
                 raise denied(f"change {', '.join(limited)} (an administrator sets limits)")
         if "models" in changes:
             changes["models"] = self.normalise_models(changes["models"])
+        if "regions" in changes:
+            changes["regions"] = self.normalise_regions(changes["regions"])
         if "metadata" in changes and changes["metadata"] is None:
             changes["metadata"] = {}
         async with self.db.transaction() as conn:

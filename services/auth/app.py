@@ -99,6 +99,7 @@ def create_app(
                 ),
                 spend=spend or (RedisSpend(redis, config.redis_prefix) if redis else None),
                 models=model_names(settings),
+                regions=settings.config.region.names,
                 document=api.document(),
             )
             tasks = [

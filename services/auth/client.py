@@ -107,8 +107,12 @@ def _limits(data: Any) -> Limits:
 
 
 def principal_of(record: dict[str, Any]) -> Principal:
-    """The caller a record (from the auth service or the shared cache) describes."""
+    """The caller a record (from the auth service or the shared cache) describes.
+
+    `regions` is the caller's data residency, already narrowed by the team: absent or
+    null = unrestricted, a list = only deployments in those regions ([] = none at all)."""
     models = record.get("models")
+    regions = record.get("regions")
     return Principal(
         key_id=record["key_id"],
         role=record["role"],
@@ -117,7 +121,15 @@ def principal_of(record: dict[str, Any]) -> Principal:
         models=None if models is None else frozenset(models),
         limits=_limits(record.get("limits")),
         team_limits=_limits(record.get("team_limits")),
+        regions=None if regions is None else _regions(regions),
     )
+
+
+def _regions(value: Any) -> frozenset[str]:
+    """A record's region list; anything else restricts to no region (fail closed)."""
+    if not isinstance(value, list):
+        return frozenset()
+    return frozenset(r for r in value if isinstance(r, str))
 
 
 UNKNOWN: dict[str, Any] = {"status": "unknown"}

@@ -12,11 +12,16 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from services.kernel.config import REGION_NAME
+
 Role = Literal["admin", "team_admin", "member"]
 PeriodName = Literal["hour", "day", "week", "month"]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[!-~]+$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
+# A region name as in the configuration (`eu-west`); checked against `region.names` when set.
+RegionName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=REGION_NAME)]
+MAX_REGIONS = 64
 MAX_METADATA_BYTES = 16_384
 MAX_LIMIT = 1_000_000_000
 MAX_BUDGET = 1_000_000.0  # per period; spend counters are integers of 1e-9 currency
@@ -42,6 +47,9 @@ class Budget(_Body):
 
 class _Limits(_Body):
     models: list[ModelName] | None = Field(default=None, max_length=1000)
+    # Data residency: only deployments in these regions may serve the key or team; null =
+    # unrestricted. A key's restriction is narrowed by its team's.
+    regions: list[RegionName] | None = Field(default=None, min_length=1, max_length=MAX_REGIONS)
     rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
     tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
     budget: Budget | None = None
@@ -122,6 +130,7 @@ class Team(_Out):
     id: str
     name: str
     models: list[str] | None
+    regions: list[str] | None  # data residency; null = unrestricted
     rpm: int | None
     tpm: int | None
     budget: Budget | None
@@ -160,6 +169,7 @@ class ApiKey(_Out):
     user_id: str | None
     team_id: str | None
     models: list[str] | None
+    regions: list[str] | None  # the key's own restriction (its team's applies too); null = unrestricted
     rpm: int | None
     tpm: int | None
     budget: Budget | None
@@ -215,6 +225,7 @@ class Me(_Out):
     user_id: str | None
     team_id: str | None
     models: list[str] | None
+    regions: list[str] | None  # where the caller's requests may be served (key ∩ team); null = anywhere
 
 
 def list_of(item: type[BaseModel]) -> type[BaseModel]:

@@ -18,14 +18,15 @@ from services.auth.client import UNKNOWN, key_entry, user_entry
 from services.auth.database import Connection, Row
 
 KEY_COLUMNS = (
-    "k.id, k.prefix, k.name, k.user_id, k.team_id, k.models, k.rpm, k.tpm, k.expires_at, k.metadata,"
-    " k.created_by, k.created_at, k.updated_at, k.revoked_at, k.previous_expires_at"
+    "k.id, k.prefix, k.name, k.user_id, k.team_id, k.models, k.regions, k.rpm, k.tpm, k.expires_at,"
+    " k.metadata, k.created_by, k.created_at, k.updated_at, k.revoked_at, k.previous_expires_at"
 )
 USER_COLUMNS = (
     "id, email, name, role, team_id, disabled, created_at, updated_at,"
     " password_hash IS NOT NULL AS has_password"
 )
-TEAM_COLUMNS = "id, name, models, rpm, tpm, metadata, created_at, updated_at"
+TEAM_COLUMNS = "id, name, models, regions, rpm, tpm, metadata, created_at, updated_at"
+JSON_COLUMNS = ("models", "regions", "metadata")
 
 
 def new_id(kind: str) -> str:
@@ -83,6 +84,7 @@ def team_view(row: Row, budget: dict[str, Any] | None) -> dict[str, Any]:
         "id": row["id"],
         "name": row["name"],
         "models": _unjson(row["models"]),
+        "regions": _unjson(row["regions"]),
         "rpm": row["rpm"],
         "tpm": row["tpm"],
         "budget": budget,
@@ -119,11 +121,12 @@ async def list_teams(
 async def create_team(conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
     team_id, now = new_id("team"), time.time()
     await conn.execute(
-        "INSERT INTO auth_teams (id, name, models, rpm, tpm, metadata, created_at, updated_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        "INSERT INTO auth_teams (id, name, models, regions, rpm, tpm, metadata, created_at, updated_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
         team_id,
         data["name"],
         _json(data.get("models")),
+        _json(data.get("regions")),
         data.get("rpm"),
         data.get("tpm"),
         _json(data.get("metadata") or {}),
@@ -136,7 +139,9 @@ async def create_team(conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def update_team(conn: Connection, team_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-    await _update(conn, "auth_teams", team_id, changes, ("name", "models", "rpm", "tpm", "metadata"))
+    await _update(
+        conn, "auth_teams", team_id, changes, ("name", "models", "regions", "rpm", "tpm", "metadata")
+    )
     if "budget" in changes:
         await set_budget(conn, "team", team_id, changes["budget"])
     team = await get_team(conn, team_id)
@@ -152,7 +157,7 @@ async def _update(
     for column in columns:
         if column in changes:
             value = changes[column]
-            args.append(_json(value) if column in ("models", "metadata") else value)
+            args.append(_json(value) if column in JSON_COLUMNS else value)
             sets.append(f"{column} = ${len(args)}")
     args.append(row_id)
     await conn.execute(f"UPDATE {table} SET {', '.join(sets)} WHERE id = ${len(args)}", *args)
@@ -265,6 +270,7 @@ def key_view(row: Row, budget: dict[str, Any] | None) -> dict[str, Any]:
         "user_id": row["user_id"],
         "team_id": row["team_id"],
         "models": _unjson(row["models"]),
+        "regions": _unjson(row["regions"]),
         "rpm": row["rpm"],
         "tpm": row["tpm"],
         "budget": budget,
@@ -316,9 +322,9 @@ async def create_key(
 ) -> dict[str, Any]:
     key_id, now = new_id("key"), time.time()
     await conn.execute(
-        "INSERT INTO auth_keys (id, hash, prefix, name, user_id, team_id, models, rpm, tpm, expires_at,"
-        " metadata, created_by, created_at, updated_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+        "INSERT INTO auth_keys (id, hash, prefix, name, user_id, team_id, models, regions, rpm, tpm,"
+        " expires_at, metadata, created_by, created_at, updated_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
         key_id,
         digest,
         prefix,
@@ -326,6 +332,7 @@ async def create_key(
         data.get("user_id"),
         data.get("team_id"),
         _json(data.get("models")),
+        _json(data.get("regions")),
         data.get("rpm"),
         data.get("tpm"),
         data.get("expires_at"),
@@ -340,7 +347,7 @@ async def create_key(
 
 
 async def update_key(conn: Connection, key_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-    columns = ("name", "models", "rpm", "tpm", "expires_at", "metadata")
+    columns = ("name", "models", "regions", "rpm", "tpm", "expires_at", "metadata")
     await _update(conn, "auth_keys", key_id, changes, columns)
     if "budget" in changes:
         await set_budget(conn, "key", key_id, changes["budget"])
@@ -448,8 +455,9 @@ async def key_record(conn: Connection, digest: str) -> dict[str, Any]:
     """What a router needs to know about the key with this hash (status "unknown" if none)."""
     row = await conn.fetchrow(
         "SELECT k.id, k.hash, k.previous_hash, k.previous_expires_at, k.user_id, k.team_id, k.models,"
-        " k.rpm, k.tpm, k.expires_at, k.revoked_at, u.role AS user_role, u.disabled AS user_disabled,"
-        " t.models AS team_models, t.rpm AS team_rpm, t.tpm AS team_tpm"
+        " k.regions, k.rpm, k.tpm, k.expires_at, k.revoked_at, u.role AS user_role,"
+        " u.disabled AS user_disabled, t.models AS team_models, t.regions AS team_regions,"
+        " t.rpm AS team_rpm, t.tpm AS team_tpm"
         " FROM auth_keys k LEFT JOIN auth_users u ON u.id = k.user_id"
         " LEFT JOIN auth_teams t ON t.id = k.team_id"
         " WHERE k.hash = $1 OR k.previous_hash = $1",
@@ -478,6 +486,8 @@ async def key_record(conn: Connection, digest: str) -> dict[str, Any]:
         "user_id": row["user_id"],
         "team_id": row["team_id"],
         "models": _intersect(_unjson(row["models"]), _unjson(row["team_models"])),
+        # Data residency: the key's regions narrowed by its team's ([] = served nowhere).
+        "regions": _intersect(_unjson(row["regions"]), _unjson(row["team_regions"])),
         "limits": _limits(row, "", budgets.get(row["id"])),
         "team_limits": _limits(row, "team_", team_budget),
         "expires_at": expires_at,
@@ -487,8 +497,9 @@ async def key_record(conn: Connection, digest: str) -> dict[str, Any]:
 async def user_record(conn: Connection, user_id: str) -> dict[str, Any]:
     """What a router needs to know about a user who presents an access token."""
     row = await conn.fetchrow(
-        "SELECT u.id, u.role, u.team_id, u.disabled, t.models AS team_models, t.rpm AS team_rpm,"
-        " t.tpm AS team_tpm FROM auth_users u LEFT JOIN auth_teams t ON t.id = u.team_id WHERE u.id = $1",
+        "SELECT u.id, u.role, u.team_id, u.disabled, t.models AS team_models, t.regions AS team_regions,"
+        " t.rpm AS team_rpm, t.tpm AS team_tpm"
+        " FROM auth_users u LEFT JOIN auth_teams t ON t.id = u.team_id WHERE u.id = $1",
         user_id,
     )
     if row is None:
@@ -501,6 +512,7 @@ async def user_record(conn: Connection, user_id: str) -> dict[str, Any]:
         "user_id": row["id"],
         "team_id": row["team_id"],
         "models": _unjson(row["team_models"]),
+        "regions": _unjson(row["team_regions"]),  # an access token carries its team's residency
         "limits": _limits(None, "", None),
         "team_limits": _limits(row, "team_", team_budget),
         "expires_at": None,

@@ -290,6 +290,8 @@ class Dispatcher:
             first_model=ex.route.model,
             allowed=self.regions.allowed(ex.principal),
         )
+        if run.allowed is not None and not run.allowed:
+            raise self._served_nowhere(ex)
         queue = collections.deque(self._placed(run, self._chain(ex, fallbacks, run.tokens)))
         if not queue:
             self.metrics.residency_refusal("no_deployment")
@@ -362,6 +364,26 @@ class Dispatcher:
             if kept:
                 placed.append((model, kept))
         return placed
+
+    def _served_nowhere(self, ex: Exchange) -> GatewayError:
+        """The request may be served in no region at all (whatever the model): its key's
+        regions and its team's have none in common, or none of them is one this router's
+        residency allows."""
+        self.metrics.residency_refusal("no_region")
+        own = ex.principal.regions if ex.principal is not None else None
+        if own is not None and not own:
+            message = (
+                "This API key may not be served in any region: the regions it is restricted to"
+                " and those of its team have none in common. An administrator can change the"
+                " key's or the team's regions."
+            )
+        else:
+            message = (
+                f"This router keeps every request in {describe(self.regions.residency or frozenset())},"
+                f" and this API key may only be served in {describe(own or frozenset())}: no region"
+                " allows both. Send the request to a router in one of the key's regions."
+            )
+        return Forbidden(message, code="region_not_allowed", headers={"x-should-retry": "false"})
 
     def _kept_in_region(self, ex: Exchange, run: _Run[Any]) -> GatewayError:
         """Every deployment the request may use failed or is cooling down, and the ones

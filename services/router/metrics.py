@@ -105,8 +105,9 @@ class RouterMetrics:
         )
         self.residency_refusals = Counter(
             "gateway_residency_refusals_total",
-            "Requests refused to keep them in their regions: no_deployment (none of the model's"
-            " deployments is in them), unavailable (those in them failed; others were not tried)",
+            "Requests refused to keep them in their regions: no_region (the key's and the team's"
+            " regions have none in common), no_deployment (none of the model's deployments is in"
+            " them), unavailable (those in them failed; others were not tried)",
             ["reason"],
             registry=registry,
         )

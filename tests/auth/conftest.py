@@ -1,12 +1,18 @@
 """Fixtures of the auth tests: the auth service on the real PostgreSQL and Redis (in
-process, driven over httpx), and cleanup of every row and Redis entry a test made."""
+process, driven over httpx), and cleanup of every row and Redis entry a test made.
+
+The auth tables live in a schema of this test run (`AUTH_DSN`), dropped at the end: the
+migrations a branch adds never reach the shared database's public schema, where they
+would be recorded as applied for every other checkout testing against it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +25,7 @@ from services.auth.app import create_app
 from services.kernel.stream import MemoryUsageStream
 from services.router import app as router_app
 from tests.auth.serving import serve
-from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL, make_settings
+from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL, make_settings, with_search_path
 
 # Cheap scrypt for tests (the production default costs ~0.8 s here per hash).
 CONFIG = """
@@ -39,6 +45,37 @@ models:
         model: mock-free
 """
 PASSWORD = "correct horse battery staple"
+# Chosen once per run: pytest imports this file as a conftest and the test modules import it
+# again by name, and both must name the same schema.
+AUTH_SCHEMA = os.environ.setdefault("GATEWAY_TEST_AUTH_SCHEMA", f"auth_test_{uuid.uuid4().hex[:12]}")
+AUTH_DSN = with_search_path(DATABASE_URL, AUTH_SCHEMA)
+
+
+async def _sql(statement: str) -> None:
+    conn = await asyncpg.connect(DATABASE_URL)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def auth_schema() -> Iterator[str]:
+    """The schema of this run's auth tables (created here, migrated by the first service)."""
+    try:
+        asyncio.run(_sql(f"CREATE SCHEMA IF NOT EXISTS {AUTH_SCHEMA}"))
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL is not answering at {DATABASE_URL} ({exc}); `make test` starts it")
+    yield AUTH_DSN
+    asyncio.run(_sql(f"DROP SCHEMA IF EXISTS {AUTH_SCHEMA} CASCADE"))
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[asyncpg.Pool]:
+    """A pool on this run's auth schema (shadows the shared one of tests/conftest.py)."""
+    pool = await asyncpg.create_pool(AUTH_DSN, min_size=1, max_size=2)
+    yield pool
+    await pool.close()
 
 
 def auth_config(prefix: str) -> str:
@@ -63,7 +100,7 @@ class Made:
                 self.kids.add(data["kid"])
 
 
-async def purge(made: Made, redis_prefix: str | None = None, dsn: str = DATABASE_URL) -> None:
+async def purge(made: Made, redis_prefix: str | None = None, dsn: str = AUTH_DSN) -> None:
     """Delete every row (audit entries too, through the retention switch) and Redis entry."""
     conn = await asyncpg.connect(dsn)
     try:
@@ -160,9 +197,7 @@ def redis_prefix() -> str:
 @pytest.fixture
 async def auth_api(tmp_path: Path, made: Made, redis_prefix: str) -> AsyncIterator[Api]:
     """The auth service on PostgreSQL and Redis, in process."""
-    settings = make_settings(
-        tmp_path, auth_config(redis_prefix), database_url=DATABASE_URL, redis_url=REDIS_URL
-    )
+    settings = make_settings(tmp_path, auth_config(redis_prefix), database_url=AUTH_DSN, redis_url=REDIS_URL)
     app = create_app(settings, process_metrics=False)
     async with (
         app.router.lifespan_context(app),
@@ -189,7 +224,7 @@ async def running_stack(
     tmp_path: Path, made: Made, redis_prefix: str, extra_config: str = "", **changes: Any
 ) -> AsyncIterator[Stack]:
     text = auth_config(redis_prefix) + extra_config
-    settings = make_settings(tmp_path, text, database_url=DATABASE_URL, redis_url=REDIS_URL, **changes)
+    settings = make_settings(tmp_path, text, database_url=AUTH_DSN, redis_url=REDIS_URL, **changes)
     auth = create_app(settings, process_metrics=False)
     async with serve(auth) as auth_url:
         router_settings = settings.replace(auth_url=auth_url)

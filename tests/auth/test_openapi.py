@@ -81,7 +81,12 @@ async def test_real_answers_match_the_declared_schemas(auth_api: Api):
         checker.check(method, template, response.status_code, response.json())
         return response.json()
 
-    team = await call("POST", "/v1/teams", "/v1/teams", {"name": unique_name("t"), "budget": {"amount": 5}})
+    team = await call(
+        "POST",
+        "/v1/teams",
+        "/v1/teams",
+        {"name": unique_name("t"), "budget": {"amount": 5}, "regions": ["eu-west"]},
+    )
     await call("GET", "/v1/teams", "/v1/teams")
     await call("GET", "/v1/teams/{team_id}", f"/v1/teams/{team['id']}")
     await call("PATCH", "/v1/teams/{team_id}", f"/v1/teams/{team['id']}", {"models": ["small"], "tpm": 1000})
@@ -99,7 +104,12 @@ async def test_real_answers_match_the_declared_schemas(auth_api: Api):
     )
     await call("GET", "/v1/keys", "/v1/keys")
     await call("GET", "/v1/keys/{key_id}", f"/v1/keys/{key['id']}")
-    await call("PATCH", "/v1/keys/{key_id}", f"/v1/keys/{key['id']}", {"rpm": 3, "expires_at": 4102444800})
+    await call(
+        "PATCH",
+        "/v1/keys/{key_id}",
+        f"/v1/keys/{key['id']}",
+        {"rpm": 3, "expires_at": 4102444800, "regions": ["eu-west", "us-east"]},
+    )
     await call("POST", "/v1/keys/{key_id}/rotate", f"/v1/keys/{key['id']}/rotate", {"overlap_s": 5})
     await call("POST", "/v1/keys/{key_id}/revoke", f"/v1/keys/{key['id']}/revoke")
     await call("GET", "/v1/signing-keys", "/v1/signing-keys")
@@ -133,6 +143,8 @@ async def test_real_answers_match_the_declared_schemas(auth_api: Api):
         ("/v1/users", {"email": "a@b.test", "password": "short"}, "password"),
         ("/v1/users", {"email": "a@b.test", "role": "team_admin"}, "team_id"),
         ("/v1/keys", {"expires_at": -5}, "expires_at"),
+        ("/v1/keys", {"regions": []}, "regions"),
+        ("/v1/keys", {"regions": ["EU West"]}, "regions.0"),
         ("/v1/keys", {"user_id": "user_missing"}, "user_id"),
     ],
 )

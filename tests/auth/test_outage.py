@@ -10,9 +10,9 @@ import httpx
 from services.auth.app import create_app
 from services.kernel.stream import MemoryUsageStream
 from services.router import app as router_app
-from tests.auth.conftest import Made, auth_config, purge
+from tests.auth.conftest import AUTH_DSN, Made, auth_config, purge
 from tests.auth.serving import serve
-from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL, make_settings
+from tests.conftest import MASTER_KEY, REDIS_URL, make_settings
 from tests.e2e.conftest import metric_value
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -21,7 +21,7 @@ DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 async def test_redis_and_then_auth_away(tmp_path, made: Made, redis_prefix: str, caplog):
     extra = "  degraded_ttl_s: 0.05\n"  # trust the cache only briefly while deaf to invalidations
     text = auth_config(redis_prefix).replace("auth:\n", "auth:\n" + extra, 1)
-    settings = make_settings(tmp_path, text, database_url=DATABASE_URL, redis_url=REDIS_URL)
+    settings = make_settings(tmp_path, text, database_url=AUTH_DSN, redis_url=REDIS_URL)
     auth = create_app(settings, process_metrics=False)
     body = {"model": "mock-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     master = {"authorization": f"Bearer {MASTER_KEY}"}
@@ -63,7 +63,7 @@ async def test_a_known_key_keeps_working_while_auth_and_redis_are_away(
 ):
     extra = "  degraded_ttl_s: 0.05\n"
     text = auth_config(redis_prefix).replace("auth:\n", "auth:\n" + extra, 1)
-    settings = make_settings(tmp_path, text, database_url=DATABASE_URL, redis_url=REDIS_URL)
+    settings = make_settings(tmp_path, text, database_url=AUTH_DSN, redis_url=REDIS_URL)
     auth = create_app(settings, process_metrics=False)
     body = {"model": "mock-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     master = {"authorization": f"Bearer {MASTER_KEY}"}

@@ -14,8 +14,8 @@ from services.auth import store
 from services.auth.app import create_app
 from services.auth.client import key_entry, key_hash
 from services.auth.database import PostgresDatabase, SqliteDatabase, migrations
-from tests.auth.conftest import PASSWORD, Api, auth_config
-from tests.conftest import DATABASE_URL, MASTER_KEY, make_settings
+from tests.auth.conftest import AUTH_DSN, PASSWORD, Api, auth_config
+from tests.conftest import MASTER_KEY, make_settings
 
 
 def test_both_dialects_have_the_same_migrations():
@@ -37,7 +37,7 @@ def test_both_dialects_have_the_same_migrations():
 
 
 async def test_postgres_records_its_migrations_as_service_auth(pg):
-    db = await PostgresDatabase.open(DATABASE_URL)
+    db = await PostgresDatabase.open(AUTH_DSN)
     try:
         await db.migrate()  # a second run (another replica) finds nothing to do
         versions = await pg.fetch(

@@ -256,3 +256,33 @@ async def test_a_deployment_in_no_region_is_neither_preferred_nor_another_region
     )
     assert not dispatcher.regions.is_remote(unplaced)
     assert dispatcher.regions.is_remote(us)
+
+
+async def test_a_key_whose_regions_and_teams_have_none_in_common_is_refused_whatever_the_model():
+    eu, us = regional("m", 0, EU), regional("m", 1, US)
+    dispatcher, script = build_regional({"m-0": [ok()], "m-1": [ok()]}, {"m": ([eu, us], {})}, US)
+    ex = exchange("m", [eu, us])
+    ex.principal = principal()  # the key's regions narrowed by its team's: nothing left
+    with pytest.raises(GatewayError) as err:
+        await dispatcher.chat(ex)
+    assert (err.value.status, err.value.code, err.value.param) == (403, "region_not_allowed", None)
+    assert "its team have none in common" in err.value.message
+    assert err.value.headers == {"x-should-retry": "false"}
+    assert ex.attempts == []
+    assert not script.calls
+    assert counter(dispatcher, "gateway_residency_refusals_total", reason="no_region") == 1
+
+
+async def test_a_key_restricted_outside_the_routers_residency_is_told_where_to_go():
+    eu, us = regional("m", 0, EU), regional("m", 1, US)
+    dispatcher, script = build_regional(
+        {"m-0": [ok()], "m-1": [ok()]}, {"m": ([eu, us], {})}, EU, eu_west=[EU]
+    )
+    ex = exchange("m", [eu, us])
+    ex.principal = principal(US)
+    with pytest.raises(GatewayError) as err:
+        await dispatcher.chat(ex)
+    assert (err.value.status, err.value.code) == (403, "region_not_allowed")
+    assert "keeps every request in eu-west" in err.value.message
+    assert "may only be served in us-east" in err.value.message
+    assert not script.calls
