@@ -2,13 +2,14 @@
 
 Starts a local OpenAI-format upstream (three deployments behind three paths; `/c`
 answers 500 to a random half of its requests) and the embedded gateway in front of
-it, then sends the same load to two models:
+it, then sends the same load to two models, in alternating rounds:
 
 - `healthy`: deployments a and b only (the baseline);
 - `flaky`:   a, b and c (c fails half the time).
 
 Prints client-visible errors and latency percentiles for both, and the added latency.
-Usage: `.venv/bin/python bench/failover.py [requests] [concurrency]`.
+Usage: `.venv/bin/python bench/failover.py [requests] [concurrency]` (requests per model,
+a multiple of ten).
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ async def load(url: str, model: str, total: int, concurrency: int) -> tuple[list
     return latencies, errors, tries
 
 
+ROUNDS = 10  # each model's load is sent in this many rounds, alternating with the other's
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
@@ -147,9 +151,18 @@ def main() -> None:
                 raise SystemExit("the gateway did not start")
             time.sleep(0.1)
         asyncio.run(load(url, "healthy", 200, concurrency))  # warm-up
-        results = {}
-        for model in ("healthy", "flaky"):
-            results[model] = asyncio.run(load(url, model, total, concurrency))
+        # Interleaved rounds, so that whatever else the machine does falls on both models alike.
+        results: dict[str, tuple[list[float], int, dict[int, int]]] = {
+            m: ([], 0, {}) for m in ("healthy", "flaky")
+        }
+        for _ in range(ROUNDS):
+            for model in ("healthy", "flaky"):
+                lat, errors, tries = asyncio.run(load(url, model, total // ROUNDS, concurrency))
+                kept = results[model]
+                kept[0].extend(lat)
+                for n, k in tries.items():
+                    kept[2][n] = kept[2].get(n, 0) + k
+                results[model] = (kept[0], kept[1] + errors, kept[2])
         print(
             f"{total} requests per model, {concurrency} concurrent; upstream c failed {failed_upstream['c']}"
             f" of its {failed_upstream['all_c']} requests"
