@@ -27,6 +27,7 @@ USER_COLUMNS = (
     " password_hash IS NOT NULL AS has_password"
 )
 TEAM_COLUMNS = "id, name, models, rpm, tpm, metadata, created_at, updated_at"
+View = Callable[[Row, dict[str, Any] | None], dict[str, Any]]  # a row and its budget as the API shows them
 
 
 def new_id(kind: str) -> str:
@@ -66,9 +67,19 @@ async def _page(
     return await conn.fetch(sql, *args)
 
 
-async def _with_budgets(
-    conn: Connection, kind: str, rows: list[Row], view: Callable[[Row, dict[str, Any] | None], dict[str, Any]]
-) -> list[dict[str, Any]]:
+async def _one(
+    conn: Connection,
+    sql: str,
+    row_id: str,
+    kind: str,
+    view: View,
+) -> dict[str, Any] | None:
+    """The row `sql` finds by id, as `view` shows it with its budget; None if there is none."""
+    row = await conn.fetchrow(sql, row_id)
+    return None if row is None else (await _with_budgets(conn, kind, [row], view))[0]
+
+
+async def _with_budgets(conn: Connection, kind: str, rows: list[Row], view: View) -> list[dict[str, Any]]:
     """The rows as `view` shows them, each with its owner's budget."""
     budgets = await budgets_of(conn, kind, [r["id"] for r in rows])
     return [view(r, budgets.get(r["id"])) for r in rows]
@@ -122,8 +133,9 @@ def team_view(row: Row, budget: dict[str, Any] | None) -> dict[str, Any]:
 
 
 async def get_team(conn: Connection, team_id: str) -> dict[str, Any] | None:
-    row = await conn.fetchrow(f"SELECT {TEAM_COLUMNS} FROM auth_teams WHERE id = $1", team_id)
-    return None if row is None else (await _with_budgets(conn, "team", [row], team_view))[0]
+    return await _one(
+        conn, f"SELECT {TEAM_COLUMNS} FROM auth_teams WHERE id = $1", team_id, "team", team_view
+    )
 
 
 async def list_teams(
@@ -287,8 +299,7 @@ def key_view(row: Row, budget: dict[str, Any] | None) -> dict[str, Any]:
 
 
 async def get_key(conn: Connection, key_id: str) -> dict[str, Any] | None:
-    row = await conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM auth_keys k WHERE k.id = $1", key_id)
-    return None if row is None else (await _with_budgets(conn, "key", [row], key_view))[0]
+    return await _one(conn, f"SELECT {KEY_COLUMNS} FROM auth_keys k WHERE k.id = $1", key_id, "key", key_view)
 
 
 async def list_keys(
