@@ -19,11 +19,12 @@ import orjson
 
 from services.analytics import partitions
 from services.analytics import postgres_completions as completions_sql
-from services.analytics.query import Dialect, Filters, Grouping, build, shape
+from services.analytics.query import Dialect, Filters, Grouping, build, items
 from services.analytics.rollup import LAYERS, VALUES, Record, deltas
 from services.analytics.store import (
     LEGACY_BATCH,
     MAX_DIMENSIONS_CACHED,
+    RECORD_COLUMNS,
     CallerKey,
     CompletionQuery,
     ExpiredCallback,
@@ -34,9 +35,12 @@ from services.analytics.store import (
     caller_of,
     day_start,
     digest,
+    legacy_after,
     legacy_event,
+    legacy_progress,
     migrations,
     month_start,
+    record_values,
     refused,
     route_of,
     to_record,
@@ -45,28 +49,28 @@ from services.kernel.config import RetentionConfig
 from services.kernel.migrations import migrate_postgres
 from services.kernel.usage import UsageEvent
 
-_RECORD_COLUMNS = (
-    ("created_at", "timestamptz"),
-    ("event_hash", "bigint"),
-    ("caller", "integer"),
-    ("route", "integer"),
-    ("prompt_tokens", "integer"),
-    ("completion_tokens", "integer"),
-    ("latency_ms", "real"),
-    ("status", "smallint"),
-    ("flags", "smallint"),
-    ("attempts", "smallint"),
-    ("cached_tokens", "integer"),
-    ("reasoning_tokens", "integer"),
-    ("ttft_ms", "real"),
-    ("cost", "float8"),
-    ("saved_cost", "float8"),
-    ("error_code", "text"),
-    ("request_id", "text"),
-)
+_RECORD_TYPES = {
+    "created_at": "timestamptz",
+    "event_hash": "bigint",
+    "caller": "integer",
+    "route": "integer",
+    "prompt_tokens": "integer",
+    "completion_tokens": "integer",
+    "latency_ms": "real",
+    "status": "smallint",
+    "flags": "smallint",
+    "attempts": "smallint",
+    "cached_tokens": "integer",
+    "reasoning_tokens": "integer",
+    "ttft_ms": "real",
+    "cost": "float8",
+    "saved_cost": "float8",
+    "error_code": "text",
+    "request_id": "text",
+}
 _INSERT_RECORDS = (
-    f"INSERT INTO usage_records ({', '.join(c for c, _ in _RECORD_COLUMNS)}) SELECT * FROM unnest("
-    + ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(_RECORD_COLUMNS, 1))
+    f"INSERT INTO usage_records ({', '.join(RECORD_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"${i}::{_RECORD_TYPES[c]}[]" for i, c in enumerate(RECORD_COLUMNS, 1))
     + ") ON CONFLICT DO NOTHING RETURNING created_at, event_hash"
 )
 
@@ -176,9 +180,7 @@ class PostgresUsageStore:
         if not events:
             return 0
         horizons = Horizons.at(time.time(), self.retention)
-        kept = [e for e in events if e["created_at"] >= horizons.events]
-        if len(kept) < len(events) and self.on_expired is not None:
-            self.on_expired(len(events) - len(kept))
+        kept = horizons.keep(events, self.on_expired)
         if not kept:
             return 0
         try:
@@ -216,34 +218,15 @@ class PostgresUsageStore:
     async def _insert(
         self, conn: asyncpg.Connection, records: dict[tuple[datetime, int], Record], horizons: Horizons
     ) -> int:
-        columns: list[list[Any]] = [[] for _ in _RECORD_COLUMNS]
+        columns: list[list[Any]] = [[] for _ in RECORD_COLUMNS]
         for (created, _), r in records.items():
-            values = (
-                created,
-                r.event_hash,
-                r.caller,
-                r.route,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.latency_ms,
-                r.status,
-                r.flags,
-                r.attempts,
-                r.cached_tokens or None,
-                r.reasoning_tokens or None,
-                r.ttft_ms,
-                r.cost,
-                r.saved_cost,
-                r.error_code,
-                r.request_id,
-            )
+            values = record_values(r, created, r.event_hash)
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
         inserted = await conn.fetch(_INSERT_RECORDS, *columns)
         fresh = [records[(row["created_at"], row["event_hash"])] for row in inserted]
         for layer, width in LAYERS.items():
-            floor = {"minute": horizons.minute, "hour": horizons.hour}.get(layer, 0)
-            rows = deltas((r for r in fresh if r.created_at >= floor), width)
+            rows = deltas((r for r in fresh if r.created_at >= horizons.floor(layer)), width)
             if not rows:
                 continue
             batch = [
@@ -282,20 +265,7 @@ class PostgresUsageStore:
         if callers == [] or routes == []:
             return []
         sql, params = build(_DIALECT, filters, grouping, callers=callers, routes=routes, limit=limit)
-        rows = await self.pool.fetch(sql, *params)
-        out = []
-        for row in rows:
-            if row["requests"] is None:
-                continue
-            item: dict[str, Any] = {}
-            if grouping.time is not None:
-                item["bucket"] = int(row["bucket"])
-            for dimension in grouping.dimensions:
-                value = row[dimension]
-                item[dimension] = value if value != "" else None
-            item.update(shape(row))
-            out.append(item)
-        return out
+        return items(await self.pool.fetch(sql, *params), grouping)
 
     async def events(
         self, request_id: str, limit: int, *, key_id: str | None = None, team_id: str | None = None
@@ -341,10 +311,10 @@ class PostgresUsageStore:
             if await conn.fetchval("SELECT to_regclass('usage_events_v1') IS NULL"):
                 return 0
             state = await conn.fetchrow("SELECT after_time, after_id, done FROM usage_legacy_import")
-            if state is not None and state["done"]:
+            after = legacy_after(state)
+            if after is None:
                 return 0
-            after_time = state["after_time"] if state is not None else None
-            after_id = state["after_id"] if state is not None else None
+            after_time, after_id = after
             rows = await conn.fetch(
                 "SELECT * FROM usage_events_v1 WHERE $1::timestamptz IS NULL OR created_at > $1"
                 " OR (created_at = $1 AND event_id > $2) ORDER BY created_at, event_id LIMIT $3",
@@ -354,15 +324,12 @@ class PostgresUsageStore:
             )
         if rows:
             await self.insert([legacy_event(r) for r in rows])  # idempotent: a crash here repeats nothing
-        last = rows[-1] if rows else None
         await self.pool.execute(
             "INSERT INTO usage_legacy_import (id, after_time, after_id, done) VALUES (true, $1, $2, $3)"
             " ON CONFLICT (id) DO UPDATE SET after_time = coalesce(excluded.after_time,"
             " usage_legacy_import.after_time), after_id = coalesce(excluded.after_id,"
             " usage_legacy_import.after_id), done = excluded.done",
-            last["created_at"] if last is not None else None,
-            last["event_id"] if last is not None else None,
-            len(rows) < batch,
+            *legacy_progress(rows, batch),
         )
         return len(rows)
 

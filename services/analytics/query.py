@@ -12,9 +12,11 @@ Percentiles come from the summed histogram columns (see `histogram.py`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+import orjson
 
 from services.analytics import histogram
 from services.analytics.rollup import COUNTERS, LATENCY, LAYERS, TTFT
@@ -125,6 +127,28 @@ class Dialect:
         if self.name == "postgres":
             return f"extract(epoch from {column})::bigint"
         return column
+
+    @property
+    def true(self) -> str:
+        return "true" if self.name == "postgres" else "1"
+
+    def metadata_matches(self, params: list[Any], metadata: Sequence[tuple[str, str]]) -> list[str]:
+        """Conditions that a JSON `metadata` column holds every (name, value) pair."""
+        if self.name == "postgres":
+            if not metadata:
+                return []
+            return [f"metadata @> {self.param(params, orjson.dumps(dict(metadata)).decode())}::jsonb"]
+        out = []
+        for name, value in metadata:
+            key = f"'$.' || json_quote({self.param(params, name)})"
+            out.append(f"json_extract(metadata, {key}) = {self.param(params, value)}")
+        return out
+
+    def first(self, select: str, params: list[Any], completion_id: str) -> str:
+        """`select` from the stored completion `completion_id` (in PostgreSQL, where the id is
+        unique per partition only, the first one)."""
+        sql = f"SELECT {select} FROM stored_completions WHERE id = {self.param(params, completion_id)}"
+        return sql + " ORDER BY created_at LIMIT 1" if self.name == "postgres" else sql
 
 
 _CLASS_SUMS = (
@@ -276,6 +300,24 @@ def shape(row: Any) -> dict[str, Any]:
         "ttft_ms": _stats(ttft, _number(row["ttft_sum"]), _number(row["ttft_count"])),
         "latency_under_500ms": histogram.share_at_most(latency, 500) if latency else None,
     }
+
+
+def items(rows: Iterable[Any], grouping: Grouping) -> list[dict[str, Any]]:
+    """The API's view of the rows of a `build` query: bucket, dimensions (null for the
+    empty string the tables store), then `shape`; rows of an empty total are left out."""
+    out = []
+    for row in rows:
+        if row["requests"] is None:
+            continue
+        item: dict[str, Any] = {}
+        if grouping.time is not None:
+            item["bucket"] = int(row["bucket"])
+        for dimension in grouping.dimensions:
+            value = row[dimension]
+            item[dimension] = value if value != "" else None
+        item.update(shape(row))
+        out.append(item)
+    return out
 
 
 def empty() -> dict[str, Any]:

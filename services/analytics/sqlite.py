@@ -16,11 +16,12 @@ from typing import Any, TypeVar
 
 import orjson
 
-from services.analytics.query import Dialect, Filters, Grouping, build, shape
+from services.analytics.query import Dialect, Filters, Grouping, build, items
 from services.analytics.rollup import LAYERS, VALUES, Record, deltas
 from services.analytics.store import (
     LEGACY_BATCH,
     MAX_DIMENSIONS_CACHED,
+    RECORD_COLUMNS,
     CallerKey,
     CompletionQuery,
     ExpiredCallback,
@@ -28,11 +29,17 @@ from services.analytics.store import (
     RouteKey,
     StoredCompletion,
     caller_of,
+    completion_page,
+    completion_values,
     digest,
+    legacy_after,
     legacy_event,
+    legacy_progress,
     migrations,
+    record_values,
     refused,
     route_of,
+    stored_completion,
     to_record,
 )
 from services.kernel.config import RetentionConfig
@@ -41,14 +48,12 @@ from services.kernel.usage import UsageEvent
 
 T = TypeVar("T")
 _DIALECT = Dialect("sqlite")
-_RECORD_COLUMNS = (
-    "created_at, event_hash, caller, route, prompt_tokens, completion_tokens, latency_ms, status, flags,"
-    " attempts, cached_tokens, reasoning_tokens, ttft_ms, cost, saved_cost, error_code, request_id"
-)
 _INSERT_RECORD = (
-    f"INSERT INTO usage_records ({_RECORD_COLUMNS}) SELECT "
+    f"INSERT INTO usage_records ({', '.join(RECORD_COLUMNS)}) SELECT "
     # The hash travels as text: SQLite's JSON reads a large integer as a float.
-    + ", ".join("CAST(value ->> 1 AS INTEGER)" if i == 1 else f"value ->> {i}" for i in range(17))
+    + ", ".join(
+        "CAST(value ->> 1 AS INTEGER)" if i == 1 else f"value ->> {i}" for i in range(len(RECORD_COLUMNS))
+    )
     + " FROM json_each(?) WHERE true ON CONFLICT DO NOTHING"
     # (The hash as text again: returned as a number, it comes back rounded to a float.)
     " RETURNING created_at, printf('%d', event_hash)"
@@ -68,25 +73,7 @@ _UPSERTS = {layer: _upsert(f"usage_{layer}") for layer in LAYERS}
 
 
 def _row(r: Record) -> tuple[Any, ...]:
-    return (
-        r.created_at,
-        str(r.event_hash),
-        r.caller,
-        r.route,
-        r.prompt_tokens,
-        r.completion_tokens,
-        r.latency_ms,
-        r.status,
-        r.flags,
-        r.attempts,
-        r.cached_tokens or None,
-        r.reasoning_tokens or None,
-        r.ttft_ms,
-        r.cost,
-        r.saved_cost,
-        r.error_code,
-        r.request_id,
-    )
+    return record_values(r, r.created_at, str(r.event_hash))
 
 
 class SqliteUsageStore:
@@ -160,9 +147,7 @@ class SqliteUsageStore:
         if not events:
             return 0
         horizons = Horizons.at(time.time(), self.retention)
-        kept = [e for e in events if e["created_at"] >= horizons.events]
-        if len(kept) < len(events) and self.on_expired is not None:
-            self.on_expired(len(events) - len(kept))
+        kept = horizons.keep(events, self.on_expired)
         if not kept:
             return 0
 
@@ -180,8 +165,7 @@ class SqliteUsageStore:
                 inserted = self.conn.execute(_INSERT_RECORD, (batch,)).fetchall()
                 fresh = [records[(row[0], int(row[1]))] for row in inserted]
                 for layer, width in LAYERS.items():
-                    floor = {"minute": horizons.minute, "hour": horizons.hour}.get(layer, 0)
-                    rows = deltas((r for r in fresh if r.created_at >= floor), width)
+                    rows = deltas((r for r in fresh if r.created_at >= horizons.floor(layer)), width)
                     self.conn.executemany(_UPSERTS[layer], [(*k, *v) for k, v in sorted(rows.items())])
             except BaseException:
                 self.conn.execute("ROLLBACK")
@@ -228,20 +212,7 @@ class SqliteUsageStore:
             sql, params = build(_DIALECT, filters, grouping, callers=callers, routes=routes, limit=limit)
             return self.conn.execute(sql, params).fetchall()
 
-        rows = await self._run(query)
-        out = []
-        for row in rows:
-            if row["requests"] is None:
-                continue
-            item: dict[str, Any] = {}
-            if grouping.time is not None:
-                item["bucket"] = int(row["bucket"])
-            for dimension in grouping.dimensions:
-                value = row[dimension]
-                item[dimension] = value if value != "" else None
-            item.update(shape(row))
-            out.append(item)
-        return out
+        return items(await self._run(query), grouping)
 
     async def events(
         self, request_id: str, limit: int, *, key_id: str | None = None, team_id: str | None = None
@@ -279,10 +250,10 @@ class SqliteUsageStore:
     async def import_legacy(self, batch: int = LEGACY_BATCH) -> int:
         def read() -> list[sqlite3.Row]:
             state = self.conn.execute("SELECT after_time, after_id, done FROM usage_legacy_import").fetchone()
-            if state is not None and state["done"]:
+            after = legacy_after(state)
+            if after is None:
                 return []
-            after_time = state["after_time"] if state is not None else None
-            after_id = state["after_id"] if state is not None else None
+            after_time, after_id = after
             return self.conn.execute(
                 "SELECT * FROM usage_events_v1 WHERE ?1 IS NULL OR created_at > ?1"
                 " OR (created_at = ?1 AND event_id > ?2) ORDER BY created_at, event_id LIMIT ?3",
@@ -292,12 +263,8 @@ class SqliteUsageStore:
         rows = await self._run(read)
         if rows:
             await self.insert([legacy_event(r) for r in rows])
-        last = rows[-1] if rows else None
-        args = (
-            last["created_at"] if last is not None else None,
-            last["event_id"] if last is not None else None,
-            int(len(rows) < batch),
-        )
+        after_time, after_id, done = legacy_progress(rows, batch)
+        args = (after_time, after_id, int(done))
         await self._run(
             lambda: self.conn.execute(
                 "INSERT INTO usage_legacy_import (id, after_time, after_id, done) VALUES (1, ?, ?, ?)"
@@ -311,16 +278,7 @@ class SqliteUsageStore:
     # -- stored completions -----------------------------------------------------------
 
     async def put_completion(self, completion: StoredCompletion) -> bool:
-        args = (
-            completion.created_at,
-            completion.id,
-            completion.key_id,
-            completion.team_id or "",
-            completion.model,
-            orjson.dumps(completion.metadata).decode(),
-            orjson.dumps(completion.request).decode(),
-            orjson.dumps(completion.response).decode(),
-        )
+        args = (completion.created_at, *completion_values(completion))
         sql = (
             "INSERT INTO stored_completions (created_at, id, key_id, team_id, model, metadata, request,"
             " response) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
@@ -329,47 +287,16 @@ class SqliteUsageStore:
 
     @staticmethod
     def _completion(row: sqlite3.Row) -> StoredCompletion:
-        return StoredCompletion(
-            id=row["id"],
-            created_at=row["created_at"],
-            key_id=row["key_id"],
-            team_id=row["team_id"] or None,
-            model=row["model"],
-            metadata=orjson.loads(row["metadata"]),
-            request=orjson.loads(row["request"]),
-            response=orjson.loads(row["response"]),
-        )
+        return stored_completion(row, row["created_at"])
 
     async def get_completion(self, completion_id: str) -> StoredCompletion | None:
-        row = await self._run(
-            lambda: self.conn.execute(
-                "SELECT * FROM stored_completions WHERE id = ?", (completion_id,)
-            ).fetchone()
-        )
+        params: list[Any] = []
+        sql = _DIALECT.first("*", params, completion_id)
+        row = await self._run(lambda: self.conn.execute(sql, params).fetchone())
         return None if row is None else self._completion(row)
 
     async def list_completions(self, query: CompletionQuery) -> tuple[list[StoredCompletion], bool]:
-        params: list[Any] = []
-        where = ["1"]
-        for column, value in (("key_id", query.key_id), ("team_id", query.team_id), ("model", query.model)):
-            if value is not None:
-                params.append(value)
-                where.append(f"{column} = ?")
-        for name, value in query.metadata:
-            params += [name, value]
-            where.append("json_extract(metadata, '$.' || json_quote(?)) = ?")
-        direction = "<" if query.order == "desc" else ">"
-        if query.after is not None:
-            params += [query.after]
-            where.append(
-                f"(created_at, id) {direction} (SELECT created_at, id FROM stored_completions WHERE id = ?)"
-            )
-        order = "DESC" if query.order == "desc" else "ASC"
-        params.append(query.limit + 1)
-        sql = (
-            f"SELECT * FROM stored_completions WHERE {' AND '.join(where)}"
-            f" ORDER BY created_at {order}, id {order} LIMIT ?"
-        )
+        sql, params = completion_page(_DIALECT, query)
         rows = await self._run(lambda: self.conn.execute(sql, params).fetchall())
         return [self._completion(r) for r in rows[: query.limit]], len(rows) > query.limit
 

@@ -25,7 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from services.analytics.query import Filters, Grouping
+import orjson
+
+from services.analytics.query import Dialect, Filters, Grouping
 from services.analytics.rollup import CACHED, ESTIMATED, SEMANTIC, STREAM, Record
 from services.kernel.config import RetentionConfig
 from services.kernel.migrations import read_migrations
@@ -114,6 +116,52 @@ def to_record(event: UsageEvent, caller: int, route: int) -> Record:
     )
 
 
+# The columns of `usage_records`, in the order `record_values` gives them.
+RECORD_COLUMNS = (
+    "created_at",
+    "event_hash",
+    "caller",
+    "route",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "status",
+    "flags",
+    "attempts",
+    "cached_tokens",
+    "reasoning_tokens",
+    "ttft_ms",
+    "cost",
+    "saved_cost",
+    "error_code",
+    "request_id",
+)
+
+
+def record_values(r: Record, created_at: Any, event_hash: Any) -> tuple[Any, ...]:
+    """A record as a `usage_records` row; the two key columns as the store passes them
+    (zero cached and reasoning counts are stored as NULL)."""
+    return (
+        created_at,
+        event_hash,
+        r.caller,
+        r.route,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.latency_ms,
+        r.status,
+        r.flags,
+        r.attempts,
+        r.cached_tokens or None,
+        r.reasoning_tokens or None,
+        r.ttft_ms,
+        r.cost,
+        r.saved_cost,
+        r.error_code,
+        r.request_id,
+    )
+
+
 def month_start(epoch: float, back: int = 0) -> int:
     """Unix time of the first second of the UTC month of `epoch`, `back` months earlier."""
     t = datetime.fromtimestamp(epoch, UTC)
@@ -141,6 +189,17 @@ class Horizons:
             hour=month_start(now, retention.hour_rollup_months - 1),
         )
 
+    def floor(self, layer: str) -> int:
+        """The oldest time the roll-up `layer` keeps (the day layer keeps everything)."""
+        return {"minute": self.minute, "hour": self.hour}.get(layer, 0)
+
+    def keep(self, events: Sequence[UsageEvent], on_expired: ExpiredCallback | None) -> list[UsageEvent]:
+        """The events still within retention; `on_expired` is told how many were not."""
+        kept = [e for e in events if e["created_at"] >= self.events]
+        if len(kept) < len(events) and on_expired is not None:
+            on_expired(len(events) - len(kept))
+        return kept
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoredCompletion:
@@ -156,6 +215,33 @@ class StoredCompletion:
     response: dict[str, Any]
 
 
+def completion_values(completion: StoredCompletion) -> tuple[str, str, str, str, str, str, str]:
+    """A stored completion's columns after `created_at` (JSON as text, no team as "")."""
+    return (
+        completion.id,
+        completion.key_id,
+        completion.team_id or "",
+        completion.model,
+        orjson.dumps(completion.metadata).decode(),
+        orjson.dumps(completion.request).decode(),
+        orjson.dumps(completion.response).decode(),
+    )
+
+
+def stored_completion(row: Any, created_at: float) -> StoredCompletion:
+    """A `stored_completions` row (its `created_at` as the store reads it)."""
+    return StoredCompletion(
+        id=row["id"],
+        created_at=created_at,
+        key_id=row["key_id"],
+        team_id=row["team_id"] or None,
+        model=row["model"],
+        metadata=orjson.loads(row["metadata"]),
+        request=orjson.loads(row["request"]),
+        response=orjson.loads(row["response"]),
+    )
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class CompletionQuery:
     """`GET /v1/chat/completions`: what to list, within the caller's scope."""
@@ -169,8 +255,50 @@ class CompletionQuery:
     order: str = "asc"
 
 
+def completion_page(dialect: Dialect, query: CompletionQuery) -> tuple[str, list[Any]]:
+    """The SQL and parameters of a page of stored completions, in (created_at, id) order,
+    with one row more than the page when another page follows."""
+    params: list[Any] = []
+    where = [dialect.true]
+    for column, value in (("key_id", query.key_id), ("team_id", query.team_id), ("model", query.model)):
+        if value is not None:
+            where.append(f"{column} = {dialect.param(params, value)}")
+    where += dialect.metadata_matches(params, query.metadata)
+    if query.after is not None:
+        direction = "<" if query.order == "desc" else ">"
+        where.append(f"(created_at, id) {direction} ({dialect.first('created_at, id', params, query.after)})")
+    order = "DESC" if query.order == "desc" else "ASC"
+    sql = (
+        f"SELECT * FROM stored_completions WHERE {' AND '.join(where)}"
+        f" ORDER BY created_at {order}, id {order} LIMIT {dialect.param(params, query.limit + 1)}"
+    )
+    return sql, params
+
+
 ExpiredCallback = Callable[[int], None]
 LEGACY_BATCH = 5000
+
+
+def legacy_after(state: Any) -> tuple[Any, Any] | None:
+    """Where the import of version 1's events goes on from (created_at, event_id; None
+    for each at the start), or None once it is done."""
+    if state is not None and state["done"]:
+        return None
+    return (
+        state["after_time"] if state is not None else None,
+        state["after_id"] if state is not None else None,
+    )
+
+
+def legacy_progress(rows: Sequence[Any], batch: int) -> tuple[Any, Any, bool]:
+    """What the import records after a batch of `rows`: the last event read (or nulls,
+    which keep the previous position) and whether that was the last batch."""
+    last = rows[-1] if rows else None
+    return (
+        last["created_at"] if last is not None else None,
+        last["event_id"] if last is not None else None,
+        len(rows) < batch,
+    )
 
 
 def legacy_event(row: Any) -> UsageEvent:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ USER_COLUMNS = (
 )
 TEAM_COLUMNS = "id, name, models, regions, rpm, tpm, metadata, created_at, updated_at"
 JSON_COLUMNS = ("models", "regions", "metadata")
+View = Callable[[Row, dict[str, Any] | None], dict[str, Any]]  # a row and its budget as the API shows them
 
 
 def new_id(kind: str) -> str:
@@ -44,6 +46,44 @@ def _unjson(value: Any) -> Any:
 
 def _budget(row: Row | None) -> dict[str, Any] | None:
     return None if row is None else {"amount": row["amount"], "period": row["period"]}
+
+
+async def _page(
+    conn: Connection,
+    select: str,
+    id_column: str,
+    filters: tuple[tuple[str, str | None], ...],
+    after: str | None,
+    limit: int,
+) -> list[Row]:
+    """Up to `limit` rows of `select` in id order after `after`, with each set filter."""
+    where: list[str] = [f"{id_column} > $1"]
+    args: list[Any] = [after or ""]
+    for column, value in filters:
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} = ${len(args)}")
+    args.append(limit)
+    sql = f"{select} WHERE {' AND '.join(where)} ORDER BY {id_column} LIMIT ${len(args)}"
+    return await conn.fetch(sql, *args)
+
+
+async def _one(
+    conn: Connection,
+    sql: str,
+    row_id: str,
+    kind: str,
+    view: View,
+) -> dict[str, Any] | None:
+    """The row `sql` finds by id, as `view` shows it with its budget; None if there is none."""
+    row = await conn.fetchrow(sql, row_id)
+    return None if row is None else (await _with_budgets(conn, kind, [row], view))[0]
+
+
+async def _with_budgets(conn: Connection, kind: str, rows: list[Row], view: View) -> list[dict[str, Any]]:
+    """The rows as `view` shows them, each with its owner's budget."""
+    budgets = await budgets_of(conn, kind, [r["id"] for r in rows])
+    return [view(r, budgets.get(r["id"])) for r in rows]
 
 
 # --- budgets ----------------------------------------------------------------------
@@ -95,27 +135,17 @@ def team_view(row: Row, budget: dict[str, Any] | None) -> dict[str, Any]:
 
 
 async def get_team(conn: Connection, team_id: str) -> dict[str, Any] | None:
-    row = await conn.fetchrow(f"SELECT {TEAM_COLUMNS} FROM auth_teams WHERE id = $1", team_id)
-    if row is None:
-        return None
-    return team_view(row, (await budgets_of(conn, "team", [team_id])).get(team_id))
+    return await _one(
+        conn, f"SELECT {TEAM_COLUMNS} FROM auth_teams WHERE id = $1", team_id, "team", team_view
+    )
 
 
 async def list_teams(
     conn: Connection, *, only: str | None, after: str | None, limit: int
 ) -> list[dict[str, Any]]:
-    where: list[str] = ["id > $1"]
-    args: list[Any] = [after or ""]
-    if only is not None:
-        args.append(only)
-        where.append(f"id = ${len(args)}")
-    args.append(limit)
-    rows = await conn.fetch(
-        f"SELECT {TEAM_COLUMNS} FROM auth_teams WHERE {' AND '.join(where)} ORDER BY id LIMIT ${len(args)}",
-        *args,
-    )
-    budgets = await budgets_of(conn, "team", [r["id"] for r in rows])
-    return [team_view(r, budgets.get(r["id"])) for r in rows]
+    select = f"SELECT {TEAM_COLUMNS} FROM auth_teams"
+    rows = await _page(conn, select, "id", (("id", only),), after, limit)
+    return await _with_budgets(conn, "team", rows, team_view)
 
 
 async def create_team(conn: Connection, data: dict[str, Any]) -> dict[str, Any]:
@@ -201,19 +231,8 @@ async def password_hash_of(conn: Connection, user_id: str) -> str | None:
 async def list_users(
     conn: Connection, *, team_id: str | None, only: str | None, after: str | None, limit: int
 ) -> list[dict[str, Any]]:
-    where: list[str] = ["id > $1"]
-    args: list[Any] = [after or ""]
-    if team_id is not None:
-        args.append(team_id)
-        where.append(f"team_id = ${len(args)}")
-    if only is not None:
-        args.append(only)
-        where.append(f"id = ${len(args)}")
-    args.append(limit)
-    rows = await conn.fetch(
-        f"SELECT {USER_COLUMNS} FROM auth_users WHERE {' AND '.join(where)} ORDER BY id LIMIT ${len(args)}",
-        *args,
-    )
+    select = f"SELECT {USER_COLUMNS} FROM auth_users"
+    rows = await _page(conn, select, "id", (("team_id", team_id), ("id", only)), after, limit)
     return [user_view(r) for r in rows]
 
 
@@ -286,10 +305,7 @@ def key_view(row: Row, budget: dict[str, Any] | None) -> dict[str, Any]:
 
 
 async def get_key(conn: Connection, key_id: str) -> dict[str, Any] | None:
-    row = await conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM auth_keys k WHERE k.id = $1", key_id)
-    if row is None:
-        return None
-    return key_view(row, (await budgets_of(conn, "key", [key_id])).get(key_id))
+    return await _one(conn, f"SELECT {KEY_COLUMNS} FROM auth_keys k WHERE k.id = $1", key_id, "key", key_view)
 
 
 async def list_keys(
@@ -300,21 +316,9 @@ async def list_keys(
     after: str | None,
     limit: int,
 ) -> list[dict[str, Any]]:
-    where: list[str] = ["k.id > $1"]
-    args: list[Any] = [after or ""]
-    if team_id is not None:
-        args.append(team_id)
-        where.append(f"k.team_id = ${len(args)}")
-    if user_id is not None:
-        args.append(user_id)
-        where.append(f"k.user_id = ${len(args)}")
-    args.append(limit)
-    rows = await conn.fetch(
-        f"SELECT {KEY_COLUMNS} FROM auth_keys k WHERE {' AND '.join(where)} ORDER BY k.id LIMIT ${len(args)}",
-        *args,
-    )
-    budgets = await budgets_of(conn, "key", [r["id"] for r in rows])
-    return [key_view(r, budgets.get(r["id"])) for r in rows]
+    select = f"SELECT {KEY_COLUMNS} FROM auth_keys k"
+    rows = await _page(conn, select, "k.id", (("k.team_id", team_id), ("k.user_id", user_id)), after, limit)
+    return await _with_budgets(conn, "key", rows, key_view)
 
 
 async def create_key(

@@ -111,7 +111,6 @@ class RouterMetrics:
             ["reason"],
             registry=registry,
         )
-        self._attempt_children: dict[tuple[str, str], Any] = {}
         self.cost = Counter(
             "gateway_cost_total",
             "What answered requests cost, in the configured price's currency (USD by convention)",
@@ -206,11 +205,7 @@ class RouterMetrics:
         return child
 
     def attempt(self, dep: Deployment, status: int) -> None:
-        key = (dep.name, status_label(status))
-        child = self._attempt_children.get(key)
-        if child is None:  # bounded: deployments come from the configuration
-            child = self._attempt_children[key] = self.attempts.labels(dep.provider, dep.name, key[1])
-        child.inc()
+        self._child(self.attempts, dep.provider, dep.name, status_label(status)).inc()
 
     def circuit(self, dep: Deployment, state: str) -> None:
         self.circuit_state.labels(dep.provider, dep.name).set(CIRCUIT_STATES[state])

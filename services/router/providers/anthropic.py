@@ -14,15 +14,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
-
 from services.kernel.config import AnthropicDeployment, Deployment
 from services.kernel.errors import GatewayError, InvalidRequest, UpstreamError
 from services.kernel.wire import ChatCompletionChunk, ChatCompletionRequest, EmbeddingRequest
-from services.router.providers import params
-from services.router.providers.base import Completion, HttpRequest, HttpResponse, Timeouts, Usage
-from services.router.providers.openai import map_error
-from services.router.providers.sse import EventSplitter, data_of
+from services.router.providers import params, translation
+from services.router.providers.base import Completion, HttpRequest, HttpResponse, Usage
 
 SUPPORTED = frozenset(
     {
@@ -50,70 +46,55 @@ FINISH = {
 
 
 def usage_of(raw: Any) -> Usage:
-    raw = raw if isinstance(raw, dict) else {}
-    read = params.count(raw.get("cache_read_input_tokens"))
-    written = params.count(raw.get("cache_creation_input_tokens"))
-    return Usage(
-        prompt_tokens=params.count(raw.get("input_tokens")) + read + written,
-        completion_tokens=params.count(raw.get("output_tokens")),
-        cached_tokens=read,
+    return translation.cache_usage(
+        raw,
+        prompt="input_tokens",
+        completion="output_tokens",
+        read="cache_read_input_tokens",
+        written="cache_creation_input_tokens",
     )
 
 
+def _image(media: str, data: str | None, url: str, param: str) -> dict[str, Any]:
+    source = (
+        {"type": "base64", "media_type": media, "data": data}
+        if data is not None
+        else {"type": "url", "url": url}
+    )
+    return {"type": "image", "source": source}
+
+
 def _content(dep: Deployment, content: Any, param: str) -> list[dict[str, Any]]:
-    blocks = []
-    for j, part in enumerate(params.parts_of(dep, content, param)):
-        if part["type"] == "text":
-            if part["text"]:
-                blocks.append({"type": "text", "text": part["text"]})
-            continue
-        media, data, url = params.image_of(dep, part, f"{param}[{j}]")
-        source = (
-            {"type": "base64", "media_type": media, "data": data}
-            if data is not None
-            else {"type": "url", "url": url}
-        )
-        blocks.append({"type": "image", "source": source})
-    return blocks
+    return translation.content_blocks(
+        dep, content, param, lambda text: {"type": "text", "text": text}, _image
+    )
+
+
+def _tool_use(call: dict[str, Any], param: str) -> dict[str, Any]:
+    return {
+        "type": "tool_use",
+        "id": call.get("id", ""),
+        "name": (call.get("function") or {}).get("name", ""),
+        "input": params.arguments_of(call, param),
+    }
+
+
+def _tool_result(message: dict[str, Any], param: str) -> dict[str, Any]:
+    return {
+        "type": "tool_result",
+        "tool_use_id": message.get("tool_call_id", ""),
+        "content": params.text_of(message.get("content")),
+    }
 
 
 def _messages(dep: Deployment, messages: list[Any]) -> tuple[str | None, list[dict[str, Any]]]:
-    system: list[str] = []
-    turns: list[dict[str, Any]] = []
-
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-
-    for i, message in enumerate(messages):
-        role, param = message["role"], f"messages[{i}]"
-        if role in ("system", "developer"):
-            system.append(params.text_of(message.get("content")))
-        elif role == "user":
-            add("user", _content(dep, message.get("content"), f"{param}.content"))
-        elif role == "assistant":
-            blocks = _content(dep, message.get("content"), f"{param}.content")
-            for k, call in enumerate(message.get("tool_calls") or ()):
-                blocks.append(
-                    {
-                        "type": "tool_use",
-                        "id": call.get("id", ""),
-                        "name": (call.get("function") or {}).get("name", ""),
-                        "input": params.arguments_of(call, f"{param}.tool_calls[{k}]"),
-                    }
-                )
-            add("assistant", blocks)
-        elif role == "tool":
-            result = {
-                "type": "tool_result",
-                "tool_use_id": message.get("tool_call_id", ""),
-                "content": params.text_of(message.get("content")),
-            }
-            add("user", [result])
-        else:
-            raise params.unsupported(dep, f"{param}.role", f"role {role!r}")
+    system, turns = translation.turns_of(
+        dep,
+        messages,
+        content=lambda content, param: _content(dep, content, param),
+        tool_use=_tool_use,
+        tool_result=_tool_result,
+    )
     return ("\n\n".join(system) if system else None), turns
 
 
@@ -180,47 +161,29 @@ def completion_of(dep: Deployment, data: dict[str, Any]) -> dict[str, Any]:
         if block.get("type") == "text":
             text.append(block.get("text", ""))
         elif block.get("type") == "tool_use":
-            arguments = orjson.dumps(block.get("input") or {}).decode()
             calls.append(
-                {
-                    "id": block.get("id", ""),
-                    "type": "function",
-                    "function": {"name": block.get("name", ""), "arguments": arguments},
-                }
+                translation.object_tool_call(block.get("id", ""), block.get("name", ""), block.get("input"))
             )
     return params.completion_body(
         str(data.get("id", "")),
         int(time.time()),
         str(data.get("model") or dep.model),
-        "".join(text) if text or not calls else None,
+        translation.content_of(text, calls),
         calls,
         FINISH.get(str(data.get("stop_reason")), "stop"),
         usage_of(data.get("usage")),
     )
 
 
-class AnthropicStreamDecoder:
+class AnthropicStreamDecoder(translation.SSEDecoder):
     """Anthropic's SSE events as OpenAI chunks; usage from message_start and message_delta."""
 
     def __init__(self, dep: Deployment) -> None:
-        self.dep = dep
-        self.splitter = EventSplitter()
-        self.usage: Usage | None = None
-        self.error: GatewayError | None = None
-        self.done = False
+        super().__init__(dep)
         self.chunks = params.ChunkMaker("", int(time.time()), dep.model)
         self.raw_usage: dict[str, Any] = {}
 
-    def _event(self, event: bytes, out: list[ChatCompletionChunk]) -> None:
-        data = data_of(event)
-        if data is None:
-            return
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self.error = UpstreamError(f"{self.dep.name} sent a stream event that is not JSON")
-            self.error.retryable = True
-            return
+    def _object(self, obj: Any, out: list[ChatCompletionChunk]) -> None:
         kind = obj.get("type") if isinstance(obj, dict) else None
         if kind == "message_start":
             message = obj.get("message") or {}
@@ -251,25 +214,8 @@ class AnthropicStreamDecoder:
             self.done = True
         elif kind == "error":
             error = obj.get("error") or {}
-            raw_message = error.get("message") if isinstance(error, dict) else None
-            message = raw_message if isinstance(raw_message, str) else "no message"
-            self.error = UpstreamError(
-                f"upstream error during the stream from {self.dep.name}: {message[:500]}"
-            )
+            self.error = translation.stream_error(self.dep, error)
             self.error.retryable = error.get("type") in ("overloaded_error", "api_error", "rate_limit_error")
-
-    def feed(self, data: bytes) -> list[ChatCompletionChunk]:
-        out: list[ChatCompletionChunk] = []
-        for event in self.splitter.feed(data):
-            self._event(event, out)
-        return out
-
-    def finish(self) -> list[ChatCompletionChunk]:
-        out: list[ChatCompletionChunk] = []
-        tail = self.splitter.rest().strip()
-        if tail:
-            self._event(tail, out)
-        return out
 
 
 class AnthropicAdapter:
@@ -278,29 +224,17 @@ class AnthropicAdapter:
     def _request(self, dep: Deployment, path: str, payload: dict[str, Any]) -> HttpRequest:
         config = dep.config
         assert isinstance(config, AnthropicDeployment)
-        return HttpRequest(
-            url=f"{config.base_url}/v1/{path}",
-            headers={
-                "content-type": "application/json",
-                "x-api-key": dep.secrets["api_key"],
-                "anthropic-version": config.anthropic_version,
-            },
-            body=orjson.dumps(payload),
-            timeouts=Timeouts.of(dep),
-        )
+        headers = {"x-api-key": dep.secrets["api_key"], "anthropic-version": config.anthropic_version}
+        return translation.json_request(dep, f"{config.base_url}/v1/{path}", payload, headers)
 
     def chat_request(self, dep: Deployment, body: ChatCompletionRequest, *, stream: bool) -> HttpRequest:
         return self._request(dep, "messages", request_body(dep, body, stream=stream))
 
     def chat_response(self, dep: Deployment, response: HttpResponse) -> Completion:
-        try:
-            data = orjson.loads(response.body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(f"{dep.name} answered with a body that is not JSON") from None
+        data = translation.json_body(dep, response)
         if not isinstance(data, dict) or data.get("type") != "message":
             raise UpstreamError(f"{dep.name} answered with JSON that is not a message")
-        out = completion_of(dep, data)
-        return Completion(orjson.dumps(out), usage_of(data.get("usage")), out)
+        return translation.completion(completion_of(dep, data), usage_of(data.get("usage")))
 
     def chat_stream(self, dep: Deployment) -> AnthropicStreamDecoder:
         return AnthropicStreamDecoder(dep)
@@ -314,4 +248,4 @@ class AnthropicAdapter:
         raise AssertionError("no embeddings request is ever made")
 
     def error(self, dep: Deployment, response: HttpResponse) -> GatewayError:
-        return map_error(dep, response)
+        return translation.map_error(dep, response)

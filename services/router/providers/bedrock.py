@@ -25,9 +25,8 @@ from botocore.eventstream import EventStreamBuffer, ParserError
 from services.kernel.config import BedrockDeployment, Deployment
 from services.kernel.errors import GatewayError, InvalidRequest, RateLimited, UpstreamError
 from services.kernel.wire import ChatCompletionChunk, ChatCompletionRequest, EmbeddingRequest
-from services.router.providers import params
+from services.router.providers import params, translation
 from services.router.providers.base import Completion, HttpRequest, HttpResponse, Timeouts, Usage
-from services.router.providers.openai import map_error
 
 SUPPORTED = frozenset(
     {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "stop", "tools", "tool_choice"}
@@ -40,6 +39,7 @@ FINISH = {
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
 }
+_RENAMED = (("temperature", "temperature"), ("top_p", "topP"))
 _FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
 _RETRYABLE = {
     "throttlingException",
@@ -50,67 +50,52 @@ _RETRYABLE = {
 
 
 def usage_of(raw: Any) -> Usage:
-    raw = raw if isinstance(raw, dict) else {}
-    read = params.count(raw.get("cacheReadInputTokens"))
-    written = params.count(raw.get("cacheWriteInputTokens"))
-    return Usage(
-        prompt_tokens=params.count(raw.get("inputTokens")) + read + written,
-        completion_tokens=params.count(raw.get("outputTokens")),
-        cached_tokens=read,
+    return translation.cache_usage(
+        raw,
+        prompt="inputTokens",
+        completion="outputTokens",
+        read="cacheReadInputTokens",
+        written="cacheWriteInputTokens",
     )
 
 
 def _blocks(dep: Deployment, content: Any, param: str) -> list[dict[str, Any]]:
-    out = []
-    for j, part in enumerate(params.parts_of(dep, content, param)):
-        if part["type"] == "text":
-            if part["text"]:
-                out.append({"text": part["text"]})
-            continue
-        media, data, _ = params.image_of(dep, part, f"{param}[{j}]")
+    def image(media: str, data: str | None, url: str, param: str) -> dict[str, Any]:
         if data is None or media not in _FORMATS:
             raise params.unsupported(
-                dep, f"{param}[{j}].image_url", "Bedrock takes png, jpeg, gif or webp data URLs"
+                dep, f"{param}.image_url", "Bedrock takes png, jpeg, gif or webp data URLs"
             )
-        out.append({"image": {"format": _FORMATS[media], "source": {"bytes": data}}})
-    return out
+        return {"image": {"format": _FORMATS[media], "source": {"bytes": data}}}
+
+    return translation.content_blocks(dep, content, param, lambda text: {"text": text}, image)
+
+
+def _tool_use(call: dict[str, Any], param: str) -> dict[str, Any]:
+    use = {
+        "toolUseId": call.get("id", ""),
+        "name": (call.get("function") or {}).get("name", ""),
+        "input": params.arguments_of(call, param),
+    }
+    return {"toolUse": use}
+
+
+def _tool_result(message: dict[str, Any], param: str) -> dict[str, Any]:
+    result = {
+        "toolUseId": message.get("tool_call_id", ""),
+        "content": [{"text": params.text_of(message.get("content"))}],
+    }
+    return {"toolResult": result}
 
 
 def _messages(dep: Deployment, messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-
-    for i, message in enumerate(messages):
-        role, param = message["role"], f"messages[{i}]"
-        if role in ("system", "developer"):
-            system.append({"text": params.text_of(message.get("content"))})
-        elif role == "user":
-            add("user", _blocks(dep, message.get("content"), f"{param}.content"))
-        elif role == "assistant":
-            blocks = _blocks(dep, message.get("content"), f"{param}.content")
-            for k, call in enumerate(message.get("tool_calls") or ()):
-                use = {
-                    "toolUseId": call.get("id", ""),
-                    "name": (call.get("function") or {}).get("name", ""),
-                    "input": params.arguments_of(call, f"{param}.tool_calls[{k}]"),
-                }
-                blocks.append({"toolUse": use})
-            add("assistant", blocks)
-        elif role == "tool":
-            result = {
-                "toolUseId": message.get("tool_call_id", ""),
-                "content": [{"text": params.text_of(message.get("content"))}],
-            }
-            add("user", [{"toolResult": result}])
-        else:
-            raise params.unsupported(dep, f"{param}.role", f"role {role!r}")
-    return system, turns
+    system, turns = translation.turns_of(
+        dep,
+        messages,
+        content=lambda content, param: _blocks(dep, content, param),
+        tool_use=_tool_use,
+        tool_result=_tool_result,
+    )
+    return [{"text": text} for text in system], turns
 
 
 def request_body(dep: Deployment, body: ChatCompletionRequest) -> dict[str, Any]:
@@ -120,17 +105,7 @@ def request_body(dep: Deployment, body: ChatCompletionRequest) -> dict[str, Any]
     out: dict[str, Any] = {"messages": messages}
     if system:
         out["system"] = system
-    config: dict[str, Any] = {}
-    limit = params.max_tokens(raw)
-    if limit is not None:
-        config["maxTokens"] = limit
-    if raw.get("temperature") is not None:
-        config["temperature"] = raw["temperature"]
-    if raw.get("top_p") is not None:
-        config["topP"] = raw["top_p"]
-    stop = params.stops(raw)
-    if stop:
-        config["stopSequences"] = stop
+    config = params.sampling(raw, "maxTokens", _RENAMED, "stopSequences")
     if config:
         out["inferenceConfig"] = config
     if raw.get("top_k") is not None:
@@ -253,10 +228,7 @@ class BedrockAdapter:
         return self._request(dep, "converse-stream" if stream else "converse", request_body(dep, body))
 
     def chat_response(self, dep: Deployment, response: HttpResponse) -> Completion:
-        try:
-            data = orjson.loads(response.body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(f"{dep.name} answered with a body that is not JSON") from None
+        data = translation.json_body(dep, response)
         if not isinstance(data, dict) or not isinstance((data.get("output") or {}).get("message"), dict):
             raise UpstreamError(f"{dep.name} answered without an output message")
         text, calls = [], []
@@ -265,25 +237,22 @@ class BedrockAdapter:
                 text.append(block["text"])
             elif isinstance(block.get("toolUse"), dict):
                 use = block["toolUse"]
-                arguments = orjson.dumps(use.get("input") or {}).decode()
                 calls.append(
-                    {
-                        "id": use.get("toolUseId", ""),
-                        "type": "function",
-                        "function": {"name": use.get("name", ""), "arguments": arguments},
-                    }
+                    translation.object_tool_call(
+                        use.get("toolUseId", ""), use.get("name", ""), use.get("input")
+                    )
                 )
         usage = usage_of(data.get("usage"))
         out = params.completion_body(
             f"chatcmpl-{uuid.uuid4().hex[:24]}",
             int(time.time()),
             dep.model,
-            "".join(text) if text or not calls else None,
+            translation.content_of(text, calls),
             calls,
             FINISH.get(str(data.get("stopReason")), "stop"),
             usage,
         )
-        return Completion(orjson.dumps(out), usage, out)
+        return translation.completion(out, usage)
 
     def chat_stream(self, dep: Deployment) -> BedrockStreamDecoder:
         return BedrockStreamDecoder(dep)
@@ -298,4 +267,4 @@ class BedrockAdapter:
         raise AssertionError("no embeddings request is ever made")
 
     def error(self, dep: Deployment, response: HttpResponse) -> GatewayError:
-        return map_error(dep, response)
+        return translation.map_error(dep, response)

@@ -12,15 +12,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
-
 from services.kernel.config import CohereDeployment, Deployment
 from services.kernel.errors import GatewayError, UpstreamError
 from services.kernel.wire import ChatCompletionChunk, ChatCompletionRequest, EmbeddingRequest
-from services.router.providers import params
-from services.router.providers.base import Completion, HttpRequest, HttpResponse, Timeouts, Usage
-from services.router.providers.openai import map_error
-from services.router.providers.sse import EventSplitter, data_of
+from services.router.providers import params, translation
+from services.router.providers.base import Completion, HttpRequest, HttpResponse, Usage
 
 SUPPORTED = frozenset(
     {
@@ -46,10 +42,18 @@ FINISH = {
     "ERROR": "stop",
     "TIMEOUT": "stop",
 }
+_RENAMED = (
+    ("temperature", "temperature"),
+    ("top_p", "p"),
+    ("top_k", "k"),
+    ("seed", "seed"),
+    ("presence_penalty", "presence_penalty"),
+    ("frequency_penalty", "frequency_penalty"),
+)
 
 
 def usage_of(raw: Any) -> Usage:
-    raw = raw if isinstance(raw, dict) else {}
+    raw = translation.as_dict(raw)
     tokens = raw.get("tokens") if isinstance(raw.get("tokens"), dict) else None
     billed = raw.get("billed_units") if isinstance(raw.get("billed_units"), dict) else {}
     source = tokens or billed
@@ -92,22 +96,7 @@ def request_body(dep: Deployment, body: ChatCompletionRequest, *, stream: bool) 
     raw: dict[str, Any] = dict(body)
     params.refuse_unknown(dep, raw, SUPPORTED)
     out: dict[str, Any] = {"model": dep.model, "messages": _messages(dep, raw["messages"]), "stream": stream}
-    limit = params.max_tokens(raw)
-    if limit is not None:
-        out["max_tokens"] = limit
-    for ours, theirs in (
-        ("temperature", "temperature"),
-        ("top_p", "p"),
-        ("top_k", "k"),
-        ("seed", "seed"),
-        ("presence_penalty", "presence_penalty"),
-        ("frequency_penalty", "frequency_penalty"),
-    ):
-        if raw.get(ours) is not None:
-            out[theirs] = raw[ours]
-    stop = params.stops(raw)
-    if stop:
-        out["stop_sequences"] = stop
+    out.update(params.sampling(raw, "max_tokens", _RENAMED, "stop_sequences"))
     mode = params.json_mode(dep, raw)
     if mode is not None:
         out["response_format"] = {"type": "json_object"}
@@ -131,37 +120,22 @@ def _calls(raw: Any) -> list[dict[str, Any]]:
     for call in raw or ():
         function = call.get("function") or {}
         out.append(
-            {
-                "id": call.get("id", ""),
-                "type": "function",
-                "function": {
-                    "name": function.get("name", ""),
-                    "arguments": function.get("arguments") or "{}",
-                },
-            }
+            translation.tool_call(
+                call.get("id", ""), function.get("name", ""), function.get("arguments") or "{}"
+            )
         )
     return out
 
 
-class CohereStreamDecoder:
+class CohereStreamDecoder(translation.SSEDecoder):
     def __init__(self, dep: Deployment) -> None:
-        self.dep = dep
-        self.splitter = EventSplitter()
-        self.usage: Usage | None = None
-        self.error: GatewayError | None = None
-        self.done = False
+        super().__init__(dep)
         self.chunks = params.ChunkMaker("", int(time.time()), dep.model)
 
-    def _event(self, event: bytes, out: list[ChatCompletionChunk]) -> None:
-        data = data_of(event)
-        if data is None or data == b"[DONE]":
-            return
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self.error = UpstreamError(f"{self.dep.name} sent a stream event that is not JSON")
-            self.error.retryable = True
-            return
+    def _marker(self, data: bytes) -> bool:
+        return data == b"[DONE]"
+
+    def _object(self, obj: Any, out: list[ChatCompletionChunk]) -> None:
         kind = obj.get("type") if isinstance(obj, dict) else None
         delta = obj.get("delta") or {} if isinstance(obj, dict) else {}
         message = delta.get("message") or {}
@@ -193,19 +167,6 @@ class CohereStreamDecoder:
             out.append(self.chunks.usage(self.usage))
             self.done = True
 
-    def feed(self, data: bytes) -> list[ChatCompletionChunk]:
-        out: list[ChatCompletionChunk] = []
-        for event in self.splitter.feed(data):
-            self._event(event, out)
-        return out
-
-    def finish(self) -> list[ChatCompletionChunk]:
-        out: list[ChatCompletionChunk] = []
-        tail = self.splitter.rest().strip()
-        if tail:
-            self._event(tail, out)
-        return out
-
 
 class CohereAdapter:
     stream_media_type = "text/event-stream"
@@ -213,30 +174,14 @@ class CohereAdapter:
     def _request(self, dep: Deployment, path: str, payload: dict[str, Any]) -> HttpRequest:
         config = dep.config
         assert isinstance(config, CohereDeployment)
-        return HttpRequest(
-            url=f"{config.base_url}/v2/{path}",
-            headers={
-                "content-type": "application/json",
-                "authorization": f"Bearer {dep.secrets['api_key']}",
-            },
-            body=orjson.dumps(payload),
-            timeouts=Timeouts.of(dep),
-        )
+        headers = {"authorization": f"Bearer {dep.secrets['api_key']}"}
+        return translation.json_request(dep, f"{config.base_url}/v2/{path}", payload, headers)
 
     def chat_request(self, dep: Deployment, body: ChatCompletionRequest, *, stream: bool) -> HttpRequest:
         return self._request(dep, "chat", request_body(dep, body, stream=stream))
 
-    def _json(self, dep: Deployment, response: HttpResponse) -> dict[str, Any]:
-        try:
-            data = orjson.loads(response.body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(f"{dep.name} answered with a body that is not JSON") from None
-        if not isinstance(data, dict):
-            raise UpstreamError(f"{dep.name} answered with JSON that is not an object")
-        return data
-
     def chat_response(self, dep: Deployment, response: HttpResponse) -> Completion:
-        data = self._json(dep, response)
+        data = translation.json_object(dep, response)
         message = data.get("message") or {}
         text = "".join(
             c.get("text", "")
@@ -254,7 +199,7 @@ class CohereAdapter:
             FINISH.get(str(data.get("finish_reason")), "stop"),
             usage,
         )
-        return Completion(orjson.dumps(out), usage, out)
+        return translation.completion(out, usage)
 
     def chat_stream(self, dep: Deployment) -> CohereStreamDecoder:
         return CohereStreamDecoder(dep)
@@ -279,7 +224,7 @@ class CohereAdapter:
         return self._request(dep, "embed", payload)
 
     def embeddings_response(self, dep: Deployment, response: HttpResponse) -> Completion:
-        data = self._json(dep, response)
+        data = translation.json_object(dep, response)
         vectors = (data.get("embeddings") or {}).get("float")
         if not isinstance(vectors, list) or not all(isinstance(v, list) for v in vectors):
             raise UpstreamError(f"{dep.name} answered without float embeddings")
@@ -288,4 +233,4 @@ class CohereAdapter:
         return params.embeddings_completion(dep.model, vectors, tokens)
 
     def error(self, dep: Deployment, response: HttpResponse) -> GatewayError:
-        return map_error(dep, response)
+        return translation.map_error(dep, response)

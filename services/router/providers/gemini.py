@@ -22,10 +22,8 @@ import orjson
 from services.kernel.config import Deployment, GeminiDeployment
 from services.kernel.errors import GatewayError, InvalidRequest, UpstreamError
 from services.kernel.wire import ChatCompletionChunk, ChatCompletionRequest, EmbeddingRequest
-from services.router.providers import params
-from services.router.providers.base import Completion, HttpRequest, HttpResponse, Timeouts, Usage
-from services.router.providers.openai import map_error
-from services.router.providers.sse import EventSplitter, data_of
+from services.router.providers import params, translation
+from services.router.providers.base import Completion, HttpRequest, HttpResponse, Usage
 
 SUPPORTED = frozenset(
     {
@@ -45,10 +43,19 @@ SUPPORTED = frozenset(
     }
 )
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}  # everything else Gemini stops for is a filter
+_RENAMED = (
+    ("temperature", "temperature"),
+    ("top_p", "topP"),
+    ("top_k", "topK"),
+    ("n", "candidateCount"),
+    ("seed", "seed"),
+    ("presence_penalty", "presencePenalty"),
+    ("frequency_penalty", "frequencyPenalty"),
+)
 
 
 def usage_of(raw: Any) -> Usage:
-    raw = raw if isinstance(raw, dict) else {}
+    raw = translation.as_dict(raw)
     thoughts = params.count(raw.get("thoughtsTokenCount"))
     return Usage(
         prompt_tokens=params.count(raw.get("promptTokenCount")),
@@ -58,63 +65,48 @@ def usage_of(raw: Any) -> Usage:
     )
 
 
+def _image(media: str, data: str | None, url: str, param: str) -> dict[str, Any]:
+    if data:
+        return {"inlineData": {"mimeType": media, "data": data}}
+    return {"fileData": {"mimeType": media, "fileUri": url}}
+
+
 def _parts(dep: Deployment, content: Any, param: str) -> list[dict[str, Any]]:
-    out = []
-    for j, part in enumerate(params.parts_of(dep, content, param)):
-        if part["type"] == "text":
-            if part["text"]:
-                out.append({"text": part["text"]})
-            continue
-        media, data, url = params.image_of(dep, part, f"{param}[{j}]")
-        out.append(
-            {"inlineData": {"mimeType": media, "data": data}}
-            if data
-            else {"fileData": {"mimeType": media, "fileUri": url}}
-        )
-    return out
+    return translation.content_blocks(dep, content, param, lambda text: {"text": text}, _image)
 
 
 def _contents(dep: Deployment, messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
-    system: list[str] = []
-    contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool call id → function name
 
-    def add(role: str, parts: list[dict[str, Any]]) -> None:
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
+    def call(call: dict[str, Any], param: str) -> dict[str, Any]:
+        name = (call.get("function") or {}).get("name", "")
+        names[call.get("id", "")] = name
+        args = params.arguments_of(call, param)
+        return {"functionCall": {"name": name, "args": args}}
 
-    for i, message in enumerate(messages):
-        role, param = message["role"], f"messages[{i}]"
-        if role in ("system", "developer"):
-            system.append(params.text_of(message.get("content")))
-        elif role == "user":
-            add("user", _parts(dep, message.get("content"), f"{param}.content"))
-        elif role == "assistant":
-            parts = _parts(dep, message.get("content"), f"{param}.content")
-            for k, call in enumerate(message.get("tool_calls") or ()):
-                name = (call.get("function") or {}).get("name", "")
-                names[call.get("id", "")] = name
-                args = params.arguments_of(call, f"{param}.tool_calls[{k}]")
-                parts.append({"functionCall": {"name": name, "args": args}})
-            add("model", parts)
-        elif role == "tool":
-            call_id = message.get("tool_call_id", "")
-            if call_id not in names:
-                raise InvalidRequest(
-                    f"'{param}.tool_call_id' answers no earlier tool call.", param=f"{param}.tool_call_id"
-                )
-            text = params.text_of(message.get("content"))
-            try:
-                result = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                result = None
-            response = result if isinstance(result, dict) else {"content": text}
-            add("user", [{"functionResponse": {"name": names[call_id], "response": response}}])
-        else:
-            raise params.unsupported(dep, f"{param}.role", f"role {role!r}")
-    return system, contents
+    def result(message: dict[str, Any], param: str) -> dict[str, Any]:
+        call_id = message.get("tool_call_id", "")
+        if call_id not in names:
+            raise InvalidRequest(
+                f"'{param}.tool_call_id' answers no earlier tool call.", param=f"{param}.tool_call_id"
+            )
+        text = params.text_of(message.get("content"))
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            value = None
+        response = value if isinstance(value, dict) else {"content": text}
+        return {"functionResponse": {"name": names[call_id], "response": response}}
+
+    return translation.turns_of(
+        dep,
+        messages,
+        content=lambda content, param: _parts(dep, content, param),
+        tool_use=call,
+        tool_result=result,
+        assistant="model",
+        key="parts",
+    )
 
 
 def request_body(dep: Deployment, body: ChatCompletionRequest) -> dict[str, Any]:
@@ -124,24 +116,7 @@ def request_body(dep: Deployment, body: ChatCompletionRequest) -> dict[str, Any]
     out: dict[str, Any] = {"contents": contents}
     if system:
         out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
-    config: dict[str, Any] = {}
-    limit = params.max_tokens(raw)
-    if limit is not None:
-        config["maxOutputTokens"] = limit
-    for ours, theirs in (
-        ("temperature", "temperature"),
-        ("top_p", "topP"),
-        ("top_k", "topK"),
-        ("n", "candidateCount"),
-        ("seed", "seed"),
-        ("presence_penalty", "presencePenalty"),
-        ("frequency_penalty", "frequencyPenalty"),
-    ):
-        if raw.get(ours) is not None:
-            config[theirs] = raw[ours]
-    stop = params.stops(raw)
-    if stop:
-        config["stopSequences"] = stop
+    config = params.sampling(raw, "maxOutputTokens", _RENAMED, "stopSequences")
     mode = params.json_mode(dep, raw)
     if mode is not None:
         config["responseMimeType"] = "application/json"
@@ -170,14 +145,8 @@ def request_body(dep: Deployment, body: ChatCompletionRequest) -> dict[str, Any]
 
 def _call(part: dict[str, Any]) -> dict[str, Any]:
     call = part["functionCall"]
-    return {
-        "id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
-        "type": "function",
-        "function": {
-            "name": call.get("name", ""),
-            "arguments": orjson.dumps(call.get("args") or {}).decode(),
-        },
-    }
+    call_id = call.get("id") or f"call_{uuid.uuid4().hex[:24]}"
+    return translation.object_tool_call(call_id, call.get("name", ""), call.get("args"))
 
 
 def _finish(reason: Any, calls: bool) -> str:
@@ -186,40 +155,23 @@ def _finish(reason: Any, calls: bool) -> str:
     return FINISH.get(str(reason), "content_filter")
 
 
-class GeminiStreamDecoder:
+class GeminiStreamDecoder(translation.SSEDecoder):
     """`alt=sse` events, each a partial `GenerateContentResponse`; the answer is complete
     once a candidate carries its `finishReason` (Gemini sends no end marker)."""
 
     def __init__(self, dep: Deployment) -> None:
-        self.dep = dep
-        self.splitter = EventSplitter()
-        self.usage: Usage | None = None
-        self.error: GatewayError | None = None
-        self.done = False
+        super().__init__(dep)
         self.chunks = params.ChunkMaker(f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), dep.model)
         self.started = False
         self.calls = False
         self.finish_reason: str | None = None
 
-    def _event(self, event: bytes, out: list[ChatCompletionChunk]) -> None:
-        data = data_of(event)
-        if data is None:
-            return
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self.error = UpstreamError(f"{self.dep.name} sent a stream event that is not JSON")
-            self.error.retryable = True
-            return
+    def _object(self, obj: Any, out: list[ChatCompletionChunk]) -> None:
         if not isinstance(obj, dict):
             return
         if "error" in obj:
-            error = obj["error"] if isinstance(obj["error"], dict) else {}
-            raw_message = error.get("message") if isinstance(error, dict) else None
-            message = raw_message if isinstance(raw_message, str) else "no message"
-            self.error = UpstreamError(
-                f"upstream error during the stream from {self.dep.name}: {message[:500]}"
-            )
+            error = translation.as_dict(obj["error"])
+            self.error = translation.stream_error(self.dep, error)
             self.error.retryable = error.get("code") in (429, 500, 503, 504)
             return
         if not self.started:
@@ -244,26 +196,11 @@ class GeminiStreamDecoder:
                 self.finish_reason = _finish(candidate["finishReason"], self.calls)
 
     def _end(self, out: list[ChatCompletionChunk]) -> None:
-        if self.finish_reason is not None and not self.done:
+        if self.error is None and self.finish_reason is not None and not self.done:
             self.done = True
             out.append(self.chunks.delta({}, self.finish_reason))
             if self.usage is not None:
                 out.append(self.chunks.usage(self.usage))
-
-    def feed(self, data: bytes) -> list[ChatCompletionChunk]:
-        out: list[ChatCompletionChunk] = []
-        for event in self.splitter.feed(data):
-            self._event(event, out)
-        return out
-
-    def finish(self) -> list[ChatCompletionChunk]:
-        out: list[ChatCompletionChunk] = []
-        tail = self.splitter.rest().strip()
-        if tail:
-            self._event(tail, out)
-        if self.error is None:
-            self._end(out)
-        return out
 
 
 class GeminiAdapter:
@@ -272,19 +209,15 @@ class GeminiAdapter:
     def _request(self, dep: Deployment, action: str, payload: dict[str, Any]) -> HttpRequest:
         config = dep.config
         assert isinstance(config, GeminiDeployment)
-        return HttpRequest(
-            url=f"{config.base_url}/{config.api_version}/models/{quote(dep.model, safe='')}:{action}",
-            headers={"content-type": "application/json", "x-goog-api-key": dep.secrets["api_key"]},
-            body=orjson.dumps(payload),
-            timeouts=Timeouts.of(dep),
-        )
+        url = f"{config.base_url}/{config.api_version}/models/{quote(dep.model, safe='')}:{action}"
+        return translation.json_request(dep, url, payload, {"x-goog-api-key": dep.secrets["api_key"]})
 
     def chat_request(self, dep: Deployment, body: ChatCompletionRequest, *, stream: bool) -> HttpRequest:
         action = "streamGenerateContent?alt=sse" if stream else "generateContent"
         return self._request(dep, action, request_body(dep, body))
 
     def chat_response(self, dep: Deployment, response: HttpResponse) -> Completion:
-        data = _json(dep, response)
+        data = translation.json_object(dep, response)
         usage = usage_of(data.get("usageMetadata"))
         choices = []
         for index, candidate in enumerate(data.get("candidates") or [{}]):
@@ -298,7 +231,7 @@ class GeminiAdapter:
                     calls.append(_call(part))
             message: dict[str, Any] = {
                 "role": "assistant",
-                "content": "".join(text) if text or not calls else None,
+                "content": translation.content_of(text, calls),
                 "refusal": None,
             }
             if calls:
@@ -315,7 +248,7 @@ class GeminiAdapter:
             usage,
         )
         out["choices"] = choices
-        return Completion(orjson.dumps(out), usage, out)
+        return translation.completion(out, usage)
 
     def chat_stream(self, dep: Deployment) -> GeminiStreamDecoder:
         return GeminiStreamDecoder(dep)
@@ -334,24 +267,14 @@ class GeminiAdapter:
         return self._request(dep, "batchEmbedContents", {"requests": requests})
 
     def embeddings_response(self, dep: Deployment, response: HttpResponse) -> Completion:
-        data = _json(dep, response)
+        data = translation.json_object(dep, response)
         vectors = [e.get("values") for e in data.get("embeddings") or () if isinstance(e, dict)]
         if not vectors or not all(isinstance(v, list) for v in vectors):
             raise UpstreamError(f"{dep.name} answered without embeddings")
         return params.embeddings_completion(dep.model, cast(list[list[float]], vectors), None)
 
     def error(self, dep: Deployment, response: HttpResponse) -> GatewayError:
-        return map_error(dep, response)
-
-
-def _json(dep: Deployment, response: HttpResponse) -> dict[str, Any]:
-    try:
-        data = orjson.loads(response.body)
-    except orjson.JSONDecodeError:
-        raise UpstreamError(f"{dep.name} answered with a body that is not JSON") from None
-    if not isinstance(data, dict):
-        raise UpstreamError(f"{dep.name} answered with JSON that is not an object")
-    return data
+        return translation.map_error(dep, response)
 
 
 def _texts(dep: Deployment, value: Any) -> list[str]:

@@ -60,6 +60,25 @@ def stops(body: dict[str, Any]) -> list[str] | None:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
+def sampling(
+    body: dict[str, Any], max_tokens_as: str, renamed: Iterable[tuple[str, str]], stop_as: str
+) -> dict[str, Any]:
+    """The set generation parameters under the provider's names, in this order: the token
+    limit (`max_completion_tokens` or `max_tokens`) as `max_tokens_as`, each `(ours, theirs)`
+    of `renamed`, then the stop sequences (always a list) as `stop_as`."""
+    out: dict[str, Any] = {}
+    limit = max_tokens(body)
+    if limit is not None:
+        out[max_tokens_as] = limit
+    for ours, theirs in renamed:
+        if body.get(ours) is not None:
+            out[theirs] = body[ours]
+    stop = stops(body)
+    if stop:
+        out[stop_as] = stop
+    return out
+
+
 def text_of(content: Any) -> str:
     """The text of a message content (a string, or the text parts of an array)."""
     if isinstance(content, str):
