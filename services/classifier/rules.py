@@ -219,7 +219,10 @@ class _Compiled:
             return False
         if self.phrases:
             lower = self._lower(text)
-            if not any(p in lower for p in self.phrases):
+            for phrase in self.phrases:
+                if phrase in lower:
+                    break
+            else:
                 return False
         if self.words:
             found = self.words & text.words(self.where)
@@ -257,7 +260,13 @@ class Prefilter:
     def admits(self, text: str) -> bool:
         if self.non_ascii and text.isascii():
             return False
-        return all(any(lit in text for lit in alternatives) for alternatives in self.literals)
+        for alternatives in self.literals:  # loops, not any()/all(): no generator per call
+            for literal in alternatives:
+                if literal in text:
+                    break
+            else:
+                return False
+        return True
 
 
 def prefilter(pattern: str, most: int = 2) -> Prefilter:
