@@ -83,29 +83,7 @@ class OnnxModel:
         return out
 
 
-def _fuse(source: Path, target: Path, *, num_heads: int, hidden_size: int) -> None:
-    """ONNX Runtime's transformer fusions over the exported graph: each layer's attention
-    becomes one `Attention` operator, the residual adds join their layer norms, GELU its
-    bias, the embeddings their layer norm (~570 nodes down to ~100: fewer kernels and no
-    per-run shape arithmetic). The fused operators compute in float32 what they replace
-    (exact GELU, no approximation): the vectors stay the float model's."""
-    from onnxruntime.transformers import optimizer
-    from onnxruntime.transformers.fusion_options import FusionOptions
-
-    options = FusionOptions("bert")
-    options.enable_gelu_approximation = False
-    fused = optimizer.optimize_model(
-        str(source),
-        model_type="bert",
-        num_heads=num_heads,
-        hidden_size=hidden_size,
-        optimization_options=options,
-        opt_level=0,  # the fusions alone: ONNX Runtime does the rest when it loads the file
-    )
-    fused.save_model_to_file(str(target))
-
-
-def export(target: Path, *, fuse: bool = True) -> Path:
+def export(target: Path) -> Path:
     """Export the packaged model to `target` (needs torch and onnx: build time only)."""
     import os
 
@@ -115,9 +93,7 @@ def export(target: Path, *, fuse: bool = True) -> Path:
 
     from services.kernel.encoder import model_path
 
-    # The eager attention exports as the plain operators the fusion below recognises
-    # (the default, scaled_dot_product_attention, exports as a graph it does not).
-    bert: Any = AutoModel.from_pretrained(model_path(), attn_implementation="eager").eval()
+    bert: Any = AutoModel.from_pretrained(model_path()).eval()
 
     class Pooled(torch.nn.Module):
         """The transformer plus sentence-transformers' mean pooling and normalisation."""
@@ -150,11 +126,6 @@ def export(target: Path, *, fuse: bool = True) -> Path:
             opset_version=17,
             dynamo=False,
         )
-        if fuse:
-            fused = Path(tmp) / "fused.onnx"
-            config = bert.config
-            _fuse(partial, fused, num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
-            partial = fused
         shutil.move(partial, target.with_suffix(".partial"))
     target.with_suffix(".partial").replace(target)  # atomic: a half-written file is never the model
     return target
@@ -163,14 +134,13 @@ def export(target: Path, *, fuse: bool = True) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export all-MiniLM-L6-v2 to an ONNX model.")
     parser.add_argument("--output", type=Path, default=default_path())
-    parser.add_argument("--no-fuse", action="store_true", help="skip ONNX Runtime's transformer fusions")
     args = parser.parse_args(argv)
     import logging
     import warnings
 
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
-    path = export(args.output, fuse=not args.no_fuse)
+    path = export(args.output)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
