@@ -73,7 +73,7 @@ async def measure(url: str, prompts: list[str], model: str, concurrency: int, to
 
 def counts(url: str) -> dict[str, float]:
     """How `auto` requests were decided so far, from the router's metrics."""
-    text = httpx.get(f"{url}/metrics").text
+    text = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {KEY}"}).text
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("gateway_auto_routes_total{"):
@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 180
-            with httpx.Client(base_url=url, timeout=5) as http:
+            # /metrics on the public port takes the master key (docs/operations.md)
+            auth = {"authorization": f"Bearer {KEY}"}
+            with httpx.Client(base_url=url, timeout=5, headers=auth) as http:
                 while time.monotonic() < deadline:
                     try:
                         metrics = http.get("/metrics").text

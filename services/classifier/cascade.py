@@ -73,9 +73,9 @@ class Cascade:
         started = time.perf_counter()
         if method == "model" and not self.model_ready:
             raise ModelNotReady("the classification model is not loaded yet")
-        verdict = self.rules.classify(prompt)
-        if method == "rules" or (
-            method == "auto" and (verdict.confidence >= self.rules.confidence or not self.model_ready)
+        verdict = None if method == "model" else self.rules.classify(prompt)  # "model": no need
+        if verdict is not None and (
+            method == "rules" or verdict.confidence >= self.rules.confidence or not self.model_ready
         ):
             return Classification.from_rules(verdict, started)
         assert self.heads is not None
@@ -85,7 +85,7 @@ class Cascade:
             embedding = await self.encoder.encode([text])
         except Exception as exc:  # the model failing must not fail the request: the rules answer
             log.warning("embedding failed; the rules answer", extra={"error": type(exc).__name__})
-            if method == "model":
+            if verdict is None:
                 raise ModelNotReady(f"the classification model failed: {type(exc).__name__}") from None
             return Classification.from_rules(verdict, started)
         probabilities = self.heads.category_probabilities(embedding)[0]

@@ -23,12 +23,13 @@ whatever its size.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -38,6 +39,9 @@ from services.kernel.config import ConfigError
 
 DEFAULT_RULES = Path(__file__).with_name("rules.yaml")
 _WORD = re.compile(r"[a-z0-9_+#']+")
+# `_WORD.findall` for ASCII text, several times faster: every ASCII character the pattern
+# does not take becomes a space, then `str.split`.
+_NOT_WORD = {c: " " for c in range(128) if not _WORD.match(chr(c))}
 _ESCAPE = re.compile(r"\\(?:u[0-9A-Fa-f]{4}|x[0-9A-Fa-f]{2}|N\{[^}]*\}|.)")  # \S, \u04FF, ...
 WINDOW_HEAD = 400
 WINDOW_TAIL = 200
@@ -159,14 +163,20 @@ class _Text:
 
     def words(self, where: str) -> frozenset[str]:
         if where != "system" and self._user_words is None:
-            self._user_words = frozenset(_WORD.findall(self.user_lower))
+            self._user_words = _words(self.user_lower)
         if where != "user" and self._system_words is None:
-            self._system_words = frozenset(_WORD.findall(self.system_lower))
+            self._system_words = _words(self.system_lower)
         if where == "user":
             return self._user_words  # type: ignore[return-value]
         if where == "system":
             return self._system_words  # type: ignore[return-value]
         return self._user_words | self._system_words  # type: ignore[operator]
+
+
+def _words(text: str) -> frozenset[str]:
+    if text.isascii():
+        return frozenset(text.translate(_NOT_WORD).split())
+    return frozenset(_WORD.findall(text))
 
 
 def _window(text: str) -> str:
@@ -190,7 +200,8 @@ class _Compiled:
         self.min_words = spec.min_words
         self.phrases = tuple(p.lower() for p in spec.phrases)
         self.starts = tuple(s.lower() for s in spec.starts)
-        self.patterns = tuple(re.compile(p) for p in spec.patterns)
+        # each with what a text must hold for it to match, tested before the search
+        self.patterns = tuple((prefilter(p), re.compile(p)) for p in spec.patterns)
         self.case_sensitive = spec.case_sensitive
         self.shape = spec.shape
 
@@ -208,7 +219,10 @@ class _Compiled:
             return False
         if self.phrases:
             lower = self._lower(text)
-            if not any(p in lower for p in self.phrases):
+            for phrase in self.phrases:
+                if phrase in lower:
+                    break
+            else:
                 return False
         if self.words:
             found = self.words & text.words(self.where)
@@ -223,9 +237,102 @@ class _Compiled:
                 raw = text.system
             else:
                 raw = text.system + "\n" + text.user
-            if not any(p.search(raw) for p in self.patterns):
+            for needs, pattern in self.patterns:
+                if needs.admits(raw) and pattern.search(raw):
+                    break
+            else:
                 return False
         return True
+
+
+_sre: Any = importlib.import_module("re._parser")  # the `re` module's own pattern parser
+_sre_constants: Any = importlib.import_module("re._constants")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Prefilter:
+    """Necessary conditions for a pattern to match, much cheaper to test than a search: the
+    text holds one string of each of `literals`; `non_ascii`: it is not pure ASCII."""
+
+    literals: tuple[tuple[str, ...], ...] = ()
+    non_ascii: bool = False
+
+    def admits(self, text: str) -> bool:
+        if self.non_ascii and text.isascii():
+            return False
+        for alternatives in self.literals:  # loops, not any()/all(): no generator per call
+            for literal in alternatives:
+                if literal in text:
+                    break
+            else:
+                return False
+        return True
+
+
+def prefilter(pattern: str, most: int = 2) -> Prefilter:
+    """What every match of `pattern` must contain, read from the parsed pattern: runs of
+    literal characters, alternations whose every branch requires something, groups,
+    repeats of at least one, small classes of literal characters, classes of non-ASCII
+    characters alone. At most `most` literal conditions, the most selective (longest
+    strings, then fewest). Case-insensitive patterns and groups with their own
+    flags are not analysed: an empty `Prefilter` admits every text."""
+    try:
+        parsed = _sre.parse(pattern)
+    except Exception:  # an invalid pattern: the validation rejects it
+        return Prefilter()
+    if parsed.state.flags & (re.IGNORECASE | re.VERBOSE):
+        return Prefilter()
+    found = _requirements(list(parsed))
+    sets = sorted((r for r in found if isinstance(r, frozenset)), key=_selectivity, reverse=True)
+    return Prefilter(tuple(tuple(sorted(r)) for r in sets[:most]), non_ascii=_NON_ASCII in found)
+
+
+_NON_ASCII = "non-ascii"  # a requirement: a character outside ASCII
+
+
+def _requirements(items: list[tuple[Any, Any]]) -> list[frozenset[str] | str]:
+    """Each element is required of every match of the sequence `items`: a set of strings
+    (one of them), or `_NON_ASCII`."""
+    c = _sre_constants
+    found: list[frozenset[str] | str] = []
+    run: list[str] = []
+    for op, arg in [*items, (None, None)]:
+        if op is c.LITERAL:
+            run.append(chr(arg))
+            continue
+        if run:
+            found.append(frozenset(["".join(run)]))
+            run = []
+        inner: list[frozenset[str] | str] = []
+        if op is c.SUBPATTERN:
+            _, add_flags, del_flags, body = arg
+            if not add_flags and not del_flags:
+                inner = _requirements(list(body))
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+            low, _, body = arg
+            if low >= 1:
+                inner = _requirements(list(body))
+        elif op is c.BRANCH:
+            branches = [_best(_requirements(list(b))) for b in arg[1]]
+            if all(b is not None for b in branches):
+                found.append(frozenset().union(*(b for b in branches if b is not None)))
+        elif op is c.IN:
+            if len(arg) <= 8 and all(o is c.LITERAL for o, _ in arg):
+                found.append(frozenset(chr(a) for _, a in arg))
+            elif all((o is c.LITERAL and a >= 128) or (o is c.RANGE and a[0] >= 128) for o, a in arg):
+                found.append(_NON_ASCII)
+        found.extend(inner)
+    return found
+
+
+def _best(found: list[frozenset[str] | str]) -> frozenset[str] | None:
+    sets = [r for r in found if isinstance(r, frozenset)]
+    return max(sets, key=_selectivity) if sets else None
+
+
+def _selectivity(literals: frozenset[str]) -> tuple[int, int]:
+    """Longer strings are rarer; fewer of them cost fewer substring tests."""
+    return min(map(len, literals)), -len(literals)
 
 
 def _within(s: Shape, b: ShapeBounds) -> bool:

@@ -160,3 +160,53 @@ def test_a_bad_rules_file_is_rejected_with_a_message_naming_the_problem(tmp_path
 def test_a_missing_rules_file_is_a_clear_error(tmp_path):
     with pytest.raises(RulesError, match="cannot read"):
         RuleClassifier.load(tmp_path / "nope.yaml")
+
+
+SHAPE_TEXTS = [
+    "",
+    "plain words only",
+    "x = [1, 2]; y = {a: b} <tag> (c) _d_ \\e | f & $g #h\nA. one\nB) two\n  (c) three\nd. four",
+    "Solve 3\u00d74 ÷ 2 = ? and √9 ≤ π ± 1 ≠ ∑ ∫; digits ١٢٣ and \uff13 count as digits",
+    "\n\nA.\n b\n\nC) x\nnot an option: E. y\n(D. z",
+    "a) x\r\nb) y\n\n\nc)\tz" * 3,
+]
+
+
+@pytest.mark.parametrize("text", SHAPE_TEXTS)
+def test_shape_counts_what_its_expressions_count(text):
+    from services.classifier import prompt as p
+
+    measured = p.shape(text)
+    size = len(text) or 1
+    assert measured.digit_ratio == len(p._DIGIT.findall(text)) / size
+    assert measured.code_symbol_ratio == len(p._CODE_SYMBOLS.findall(text)) / size
+    assert measured.math_symbols == len(p._MATH_SYMBOLS.findall(text))
+    assert measured.options == len(p._OPTION.findall(text))
+
+
+def test_a_prefilter_names_what_every_match_needs():
+    from services.classifier.rules import prefilter
+
+    assert prefilter(r"\bhow (?:many|much)\b").literals[0] == ("how m",)
+    assert prefilter(r"\b(?:what is|find) the x").literals == ((" the x",), ("find", "what is"))
+    assert prefilter("[\u0400-\u04ff]{4,}").non_ascii
+    assert prefilter("(?i)hello") == prefilter("a?b*") == prefilter("[^a]x?")  # nothing required
+    assert not prefilter("(?:a|b*)c?").literals  # a branch that can match empty requires nothing
+
+
+def test_every_text_a_shipped_pattern_matches_passes_its_prefilter():
+    import re
+
+    from services.classifier.rules import prefilter
+
+    texts = [t for texts in CONFIDENT.values() for t in texts] + SHAPE_TEXTS
+    texts += [t.lower() for t in texts] + ["how many apples", "what is the value of 2 + 2", "Который час"]
+    checked = 0
+    for rule in RULES.spec.rules + RULES.spec.difficulty.rules:
+        for pattern in rule.patterns:
+            needs, compiled = prefilter(pattern), re.compile(pattern)
+            for text in texts:
+                if compiled.search(text):
+                    checked += 1
+                    assert needs.admits(text), (rule.name, pattern, text)
+    assert checked > 20
