@@ -75,6 +75,16 @@ def with_search_path(dsn: str, schema: str) -> str:
     return f"{dsn}{'&' if '?' in dsn else '?'}search_path={schema}"
 
 
+async def run_sql(statement: str) -> None:
+    """One statement on the test database, on a connection of its own (schema set-up and
+    clean-up outside any pool)."""
+    conn = await asyncpg.connect(DATABASE_URL)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
 @pytest.fixture
 async def pg_schema(pg) -> AsyncIterator[str]:
     """A DSN whose tables live in a schema of their own, dropped afterwards: the

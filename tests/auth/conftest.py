@@ -25,7 +25,7 @@ from services.auth.app import create_app
 from services.kernel.stream import MemoryUsageStream
 from services.router import app as router_app
 from tests.auth.serving import serve
-from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL, make_settings, with_search_path
+from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL, make_settings, run_sql, with_search_path
 
 # Cheap scrypt for tests (the production default costs ~0.8 s here per hash).
 CONFIG = """
@@ -51,23 +51,15 @@ AUTH_SCHEMA = os.environ.setdefault("GATEWAY_TEST_AUTH_SCHEMA", f"auth_test_{uui
 AUTH_DSN = with_search_path(DATABASE_URL, AUTH_SCHEMA)
 
 
-async def _sql(statement: str) -> None:
-    conn = await asyncpg.connect(DATABASE_URL)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session", autouse=True)
 def auth_schema() -> Iterator[str]:
     """The schema of this run's auth tables (created here, migrated by the first service)."""
     try:
-        asyncio.run(_sql(f"CREATE SCHEMA IF NOT EXISTS {AUTH_SCHEMA}"))
+        asyncio.run(run_sql(f"CREATE SCHEMA IF NOT EXISTS {AUTH_SCHEMA}"))
     except (OSError, asyncpg.PostgresError) as exc:
         pytest.fail(f"PostgreSQL is not answering at {DATABASE_URL} ({exc}); `make test` starts it")
     yield AUTH_DSN
-    asyncio.run(_sql(f"DROP SCHEMA IF EXISTS {AUTH_SCHEMA} CASCADE"))
+    asyncio.run(run_sql(f"DROP SCHEMA IF EXISTS {AUTH_SCHEMA} CASCADE"))
 
 
 @pytest.fixture

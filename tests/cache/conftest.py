@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from openai import AsyncOpenAI
 
 from services.cache.memory import MemoryEntries
 from services.cache.store import RedisEntries
@@ -59,3 +63,40 @@ async def encoder() -> AsyncIterator[Encoder]:
     await model.wait_ready()
     yield model
     await model.aclose()
+
+
+@pytest.fixture
+async def cleanup(redis, prefix):
+    yield prefix
+    await delete_prefix(redis, prefix)
+
+
+@pytest.fixture
+async def openai():
+    """Makes official clients for a gateway URL and key; closes them after the test."""
+    made: list[AsyncOpenAI] = []
+
+    def make(url: str, key: str = "sk-anywhere-000000") -> AsyncOpenAI:
+        made.append(AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30))
+        return made[-1]
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+async def ask(client: AsyncOpenAI, prompt: str, **kwargs: Any):
+    raw = await client.chat.completions.with_raw_response.create(
+        model=kwargs.pop("model", "mock-small"), messages=[{"role": "user", "content": prompt}], **kwargs
+    )
+    return raw.headers, raw.parse()
+
+
+async def until_hit(client: AsyncOpenAI, prompt: str, deadline_s: float = 15.0, **kwargs: Any):
+    """Ask until the answer comes from the cache (the store after a miss runs in the background)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        headers, answer = await ask(client, prompt, **kwargs)
+        if headers.get("x-gateway-cache") == "hit" or time.monotonic() > end:
+            return headers, answer
+        await asyncio.sleep(0.05)

@@ -16,7 +16,6 @@ import httpx
 import orjson
 import pytest
 import uvicorn
-from openai import AsyncOpenAI
 
 from services.cache import app as cache_app
 from services.cache.client import CacheClient
@@ -25,7 +24,7 @@ from services.kernel.errors import Unauthorized
 from services.kernel.principal import Principal
 from services.kernel.stream import MemoryUsageStream, events_of
 from services.router import app as router_app
-from tests.cache.conftest import delete_prefix
+from tests.cache.conftest import ask, until_hit
 from tests.conftest import REDIS_URL, make_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -106,43 +105,6 @@ async def gateway(
     finally:
         server.should_exit = True
         await task
-
-
-@pytest.fixture
-async def cleanup(redis, prefix):
-    yield prefix
-    await delete_prefix(redis, prefix)
-
-
-@pytest.fixture
-async def openai():
-    """Makes official clients for a gateway URL and key; closes them after the test."""
-    made: list[AsyncOpenAI] = []
-
-    def make(url: str, key: str) -> AsyncOpenAI:
-        made.append(AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30))
-        return made[-1]
-
-    yield make
-    for client in made:
-        await client.close()
-
-
-async def ask(client: AsyncOpenAI, prompt: str, **kwargs: Any):
-    raw = await client.chat.completions.with_raw_response.create(
-        model=kwargs.pop("model", "mock-small"), messages=[{"role": "user", "content": prompt}], **kwargs
-    )
-    return raw.headers, raw.parse()
-
-
-async def until_hit(client: AsyncOpenAI, prompt: str, deadline_s: float = 15.0, **kwargs: Any):
-    """Ask until the answer comes from the cache (the store after a miss runs in the background)."""
-    end = time.monotonic() + deadline_s
-    while True:
-        headers, answer = await ask(client, prompt, **kwargs)
-        if headers.get("x-gateway-cache") == "hit" or time.monotonic() > end:
-            return headers, answer
-        await asyncio.sleep(0.05)
 
 
 async def usage_of(stream: MemoryUsageStream, request_id: str, deadline_s: float = 10.0) -> dict[str, Any]:

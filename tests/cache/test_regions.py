@@ -17,7 +17,6 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import uvicorn
-from openai import AsyncOpenAI
 
 from services.cache import app as cache_app
 from services.cache.client import CacheClient
@@ -27,7 +26,7 @@ from services.kernel.errors import Unauthorized
 from services.kernel.principal import Principal
 from services.kernel.stream import MemoryUsageStream
 from services.router import app as router_app
-from tests.cache.conftest import delete_prefix
+from tests.cache.conftest import ask, until_hit
 from tests.conftest import MASTER_KEY, REDIS_URL, make_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -102,32 +101,6 @@ async def topology(tmp_path, prefix: str, encoder, regions: tuple[str | None, ..
         yield {"routers": urls, "admin": admin}
 
 
-@pytest.fixture
-async def cleanup(redis, prefix):
-    yield prefix
-    await delete_prefix(redis, prefix)
-
-
-@pytest.fixture
-async def openai():
-    made: list[AsyncOpenAI] = []
-
-    def make(url: str, key: str = "sk-anywhere-000000") -> AsyncOpenAI:
-        made.append(AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30))
-        return made[-1]
-
-    yield make
-    for client in made:
-        await client.close()
-
-
-async def ask(client: AsyncOpenAI, prompt: str, **kwargs: Any):
-    raw = await client.chat.completions.with_raw_response.create(
-        model="mock-small", messages=[{"role": "user", "content": prompt}], **kwargs
-    )
-    return raw.headers, raw.parse()
-
-
 async def until(predicate, deadline_s: float = 15.0):
     end = time.monotonic() + deadline_s
     while True:
@@ -135,16 +108,6 @@ async def until(predicate, deadline_s: float = 15.0):
         if value or time.monotonic() > end:
             return value
         await asyncio.sleep(0.05)
-
-
-async def until_hit(client: AsyncOpenAI, prompt: str):
-    """Ask until the answer comes from the cache (the store after a miss runs in the background)."""
-
-    async def asked():
-        headers, answer = await ask(client, prompt)
-        return (headers, answer) if headers["x-gateway-cache"] == "hit" else None
-
-    return await until(asked) or await ask(client, prompt)
 
 
 NO_STORE = {"extra_headers": {"cache-control": "no-store"}}

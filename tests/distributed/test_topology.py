@@ -16,7 +16,7 @@ import redis as sync_redis
 from openai import AsyncOpenAI
 
 from services import topology
-from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL, with_search_path
+from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL, run_sql, with_search_path
 from tests.integration.streams import wait_settled
 
 
@@ -48,7 +48,7 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("topology")
     stream = f"test:usage:{uuid.uuid4().hex[:8]}"
     schema = f"topology_{uuid.uuid4().hex[:8]}"  # its tables, away from the shared schema
-    asyncio.run(_sql(f"CREATE SCHEMA {schema}"))
+    asyncio.run(run_sql(f"CREATE SCHEMA {schema}"))
     config = tmp / "gateway.yaml"
     config.write_text(
         f"""
@@ -80,15 +80,7 @@ models:
         subprocess.run([*command, "down", *where], env=env, capture_output=True, check=True)
         assert not list(run_dir.glob("*.pid"))
         sync_redis.from_url(REDIS_URL).delete(stream, f"{stream}:dead")
-        asyncio.run(_sql(f"DROP SCHEMA {schema} CASCADE"))
-
-
-async def _sql(statement: str) -> None:
-    conn = await asyncpg.connect(DATABASE_URL)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
+        asyncio.run(run_sql(f"DROP SCHEMA {schema} CASCADE"))
 
 
 def router_url(cluster) -> str:

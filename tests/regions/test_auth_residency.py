@@ -12,7 +12,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import httpx
 import openai
 import pytest
@@ -25,20 +24,12 @@ from services.kernel.config import build_catalog
 from services.kernel.stream import MemoryUsageStream
 from services.router import app as router_app
 from tests.auth.serving import serve
-from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL, make_settings, with_search_path
+from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL, make_settings, run_sql, with_search_path
 from tests.regions.conftest import EU, UPSTREAM_KEY, UPSTREAM_KEY_ENV, US, config_text, served_by
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PASSWORD = "correct horse battery staple"
 MESSAGES = [{"role": "user", "content": "where am I served?"}]
-
-
-async def _sql(statement: str) -> None:
-    conn = await asyncpg.connect(DATABASE_URL)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -47,7 +38,7 @@ async def gateway(tmp_path_factory, upstreams) -> AsyncIterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("auth-residency")
     schema = f"auth_residency_{uuid.uuid4().hex[:12]}"
     prefix = f"test:auth-residency:{uuid.uuid4().hex[:10]}"
-    await _sql(f"CREATE SCHEMA {schema}")
+    await run_sql(f"CREATE SCHEMA {schema}")
     text = f'auth:\n  redis_prefix: "{prefix}"\n  login: {{scrypt_n: 16384, scrypt_p: 1}}\n' + config_text(
         upstreams, "{flush_interval_ms: 5}"
     )
@@ -63,7 +54,7 @@ async def gateway(tmp_path_factory, upstreams) -> AsyncIterator[dict[str, Any]]:
             async with serve(router) as router_url, httpx.AsyncClient(base_url=auth_url, timeout=30) as http:
                 yield {"auth": http, "router": f"{router_url}/v1"}
     finally:
-        await _sql(f"DROP SCHEMA {schema} CASCADE")
+        await run_sql(f"DROP SCHEMA {schema} CASCADE")
         client = aioredis.from_url(REDIS_URL)
         try:
             names = [n async for n in client.scan_iter(match=f"{prefix}:*", count=1000)]
