@@ -46,19 +46,26 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
     auth_client = AuthClient.in_process(auth)
     assert isinstance(auth_client, AuthClient)
     auth_client.invalidations = invalidations
-    # One embedding model per process: the classifier and the semantic cache share it.
-    encoder_config = settings.config.classifier
+    # One embedding model per process: the classifier and the semantic cache share it. It
+    # is loaded only when something uses it: automatic routing (the classifier exists only
+    # then) or a semantic cache; a gateway with neither stays small (~70 MiB, not ~270).
+    config = settings.config
+    encoder_config = config.classifier
     encoder = Encoder(
         max_batch=encoder_config.max_batch,
         threads=encoder_config.encoder_threads,
         backend=encoder_config.encoder_backend,
     )
-    classifier = classifier_app.create_app(settings, process_metrics=False, encoder=encoder)
+    routed = config.routing is not None
+    needs_model = routed or (config.cache.enabled and config.cache.semantic)
+    classifier = (
+        classifier_app.create_app(settings, process_metrics=False, encoder=encoder) if routed else None
+    )
     cache = cache_app.create_app(settings, encoder=encoder, process_metrics=False)
     analytics = analytics_app.create_app(settings, stream=stream, process_metrics=False, auth=auth_client)
     helpers = router_app.Helpers(
         auth=auth_client,
-        classifier=ClassifierClient.in_process(classifier),
+        classifier=ClassifierClient.in_process(classifier) if classifier is not None else None,
         cache=CacheClient.in_process(cache),
         analytics=AnalyticsClient.in_process(analytics),
     )
@@ -67,9 +74,9 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
         stream=stream,
         helpers=helpers,
         sub_apps=[
-            shared_model(encoder),
+            *([shared_model(encoder)] if needs_model else []),
             auth,
-            classifier,
+            *([classifier] if classifier is not None else []),
             cache,
             analytics,
         ],
