@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -68,6 +69,13 @@ def make_settings(tmp_path: Path, config_text: str = MOCK_ONLY, **changes: objec
         data_dir=tmp_path / "data",
     )
     return settings.replace(**changes) if changes else settings
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def with_search_path(dsn: str, schema: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import redis as sync_redis
 
 from services.auth.client import NANO, new_api_key, period_bounds
 from tests.auth.conftest import PASSWORD, Made, purge, unique_name
-from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL, with_search_path
+from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL, free_port, with_search_path
 from tests.distributed.test_topology import free_port_base
 
 PRICE_IN, PRICE_OUT = 1000.0, 2000.0  # per million tokens: a request costs about a tenth of a cent
@@ -144,12 +143,6 @@ async def cluster_pg(cluster) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(cluster["dsn"])
     yield conn
     await conn.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def read_value(r: sync_redis.Redis, name: bytes) -> object:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MASTER_KEY
+from tests.conftest import MASTER_KEY, free_port
 
 READY_DEADLINE_S = 120.0  # a loaded 2-core machine can take a while to load the model
 
@@ -59,14 +59,6 @@ class Process:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

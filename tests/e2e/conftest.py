@@ -25,6 +25,7 @@ import orjson
 import pytest
 from openai import AsyncOpenAI
 
+from tests.conftest import free_port
 from tests.upstream import MockUpstream, run_upstream
 
 MASTER_KEY = "sk-e2e-master-" + secrets.token_hex(8)
@@ -69,12 +70,6 @@ class Gateway:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config_text(upstream_url: str, closed_url: str) -> str:

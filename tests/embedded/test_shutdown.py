@@ -3,7 +3,6 @@ the last answer, then count the rows in the SQLite file."""
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 
 import httpx
 
-from tests.conftest import MASTER_KEY
+from tests.conftest import MASTER_KEY, free_port
 
 CONFIG = """
 usage: {flush_interval_ms: 5000}   # longer than the test: only the shutdown flush can store them
@@ -21,12 +20,6 @@ models:
       - provider: mock
         model: mock-small
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_sigterm_flushes_every_usage_event_to_sqlite(tmp_path):
