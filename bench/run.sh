@@ -519,7 +519,7 @@ profile() {
     load_pid=$!
     STARTED_PIDS+=("$load_pid")
     sleep 1
-    "$GATEWAY_VENV/bin/py-spy" record --pid "$pid" --duration "${DURATION%.*}" --rate 250 \
+    "$GATEWAY_VENV/bin/py-spy" record --pid "$pid" --duration "${DURATION%.*}" --rate 250 --gil \
         --format raw --output "$dir/profile-$name.folded" >"$dir/profile-$name.log" 2>&1 || true
     wait "$load_pid" 2>/dev/null || true
     forget_pid "$load_pid"
