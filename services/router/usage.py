@@ -104,7 +104,8 @@ class UsagePublisher:
             self._drop(1)
             return
         self._buffer.append(orjson.dumps(event))
-        if len(self._buffer) >= self.max_batch:
+        # Woken by the first event (an idle publisher sleeps on no timer) and by a full batch.
+        if len(self._buffer) == 1 or len(self._buffer) >= self.max_batch:
             self._wake.set()
 
     def _drop(self, n: int) -> None:
@@ -162,9 +163,13 @@ class UsagePublisher:
         """Replay up to `most` batches of the spool, then let the buffer go first again:
         a spool written through a long outage must not hold new events back meanwhile."""
         if self._replaying is None:
-            if time.monotonic() - self._last_replay <= self.replay_every or not self.spool.has_events():
+            now = time.monotonic()
+            if now - self._last_replay <= self.replay_every:
                 return
-            self._last_replay = time.monotonic()
+            # Looked at once per `replay_every`, found or not (a look lists the spool directory).
+            self._last_replay = now
+            if not self.spool.has_events():
+                return
             try:
                 path = await asyncio.to_thread(self.spool.claim)
             except OSError as exc:
@@ -234,15 +239,27 @@ class UsagePublisher:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), timeout=blocked)
                 else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval)
-                    self._wake.clear()
+                    if not self._buffer:
+                        # Idle: sleep until an event arrives, or the spool is due for a look
+                        # (a spool written during an outage, by this process or another).
+                        await self._until_woken(max(self.replay_every, self.flush_interval))
+                    if self._buffer and len(self._buffer) < self.max_batch:
+                        # Events wait at most one interval, so that they travel in batches.
+                        await self._until_woken(self.flush_interval)
                 self.metrics.usage_buffer.set(len(self._buffer))
                 await self.flush()
             except Exception:  # not an outage (those are handled above): a bug. Keep going.
                 log.exception("usage publisher error; continuing")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+
+    async def _until_woken(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that lands
+        # as the event is set (an emit and a shutdown together), and the task never ends.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        self._wake.clear()
 
     async def aclose(self) -> None:
         """The final flush (after the run task is cancelled): one more try on the stream

@@ -243,3 +243,59 @@ async def test_a_long_replay_lets_new_events_go_first(redis, tmp_path):
         assert ids.index(f"{tag}-100") == replayed  # right after the first slice
     finally:
         await redis.delete(name)
+
+
+class CountingSpool(Spool):
+    """A real spool that counts how often the publisher looks for events in it."""
+
+    looks = 0
+
+    def has_events(self) -> bool:
+        self.looks += 1
+        return super().has_events()
+
+
+async def test_an_idle_publisher_looks_at_the_spool_once_per_replay_interval(redis, tmp_path):
+    spool = CountingSpool(tmp_path / "spool")
+    publisher = UsagePublisher(
+        RedisUsageStream(redis, unique("test:usage"), "analytics"),
+        spool,
+        RouterMetrics(CollectorRegistry()),
+        flush_interval=0.005,
+        max_batch=8,
+        replay_every=0.2,
+    )
+    task = asyncio.create_task(publisher.run())
+    try:
+        await asyncio.sleep(0.5)  # 100 flush intervals, 2.5 replay intervals
+        # Before: once per flush interval after the first replay interval (about 60 here).
+        assert 1 <= spool.looks <= 4
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_shutdown_that_lands_with_an_event_still_stops_the_publisher(redis, tmp_path):
+    """The wake-up of an emit and the cancellation of shutdown in the same loop turn: the
+    task ends (asyncio.wait_for on 3.11 returned the wake-up and dropped the cancellation,
+    so the task ran on and the shutdown waited for it forever)."""
+    name = unique("test:usage")
+    publisher = UsagePublisher(
+        RedisUsageStream(redis, name, "analytics"),
+        Spool(tmp_path / "spool"),
+        RouterMetrics(CollectorRegistry()),
+        flush_interval=0.005,
+        max_batch=1,
+        replay_every=60.0,
+    )
+    try:
+        for i in range(20):
+            task = asyncio.create_task(publisher.run())
+            await asyncio.sleep(0.01)  # idle, waiting for an event
+            publisher.emit(make_event(name, i))
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=2.0)
+            assert done, "the publisher ignored its cancellation"
+            await publisher.flush(replay=False)
+    finally:
+        await redis.delete(name)
