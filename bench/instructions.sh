@@ -101,7 +101,7 @@ measure() {
 }
 
 {
-    measure floor "$ROOT" $((PORT_BASE + 10)) "$BENCH_DIR/floor.py" \
+    [[ -n ${SKIP_FLOOR:-} ]] || measure floor "$ROOT" $((PORT_BASE + 10)) "$BENCH_DIR/floor.py" \
         --upstream "http://127.0.0.1:$json_port" --stream-upstream "http://127.0.0.1:$sse_port"
     measure gateway "$ROOT" $((PORT_BASE + 11)) -m services gateway
     if [[ -n $OTHER ]]; then

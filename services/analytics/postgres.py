@@ -20,7 +20,7 @@ import orjson
 from services.analytics import partitions
 from services.analytics import postgres_completions as completions_sql
 from services.analytics.query import Dialect, Filters, Grouping, build, items
-from services.analytics.rollup import LAYERS, VALUES, Record, deltas
+from services.analytics.rollup import LAYERS, VALUES, Record, layer_deltas
 from services.analytics.store import (
     LEGACY_BATCH,
     MAX_DIMENSIONS_CACHED,
@@ -225,8 +225,7 @@ class PostgresUsageStore:
                 column.append(value)
         inserted = await conn.fetch(_INSERT_RECORDS, *columns)
         fresh = [records[(row["created_at"], row["event_hash"])] for row in inserted]
-        for layer, width in LAYERS.items():
-            rows = deltas((r for r in fresh if r.created_at >= horizons.floor(layer)), width)
+        for layer, rows in layer_deltas(fresh, horizons.floor).items():
             if not rows:
                 continue
             batch = [

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import orjson
 
 from services.analytics.query import Dialect, Filters, Grouping, build, items
-from services.analytics.rollup import LAYERS, VALUES, Record, deltas
+from services.analytics.rollup import LAYERS, VALUES, Record, layer_deltas
 from services.analytics.store import (
     LEGACY_BATCH,
     MAX_DIMENSIONS_CACHED,
@@ -164,8 +164,7 @@ class SqliteUsageStore:
                 batch = orjson.dumps([_row(r) for r in records.values()])
                 inserted = self.conn.execute(_INSERT_RECORD, (batch,)).fetchall()
                 fresh = [records[(row[0], int(row[1]))] for row in inserted]
-                for layer, width in LAYERS.items():
-                    rows = deltas((r for r in fresh if r.created_at >= horizons.floor(layer)), width)
+                for layer, rows in layer_deltas(fresh, horizons.floor).items():
                     self.conn.executemany(_UPSERTS[layer], [(*k, *v) for k, v in sorted(rows.items())])
             except BaseException:
                 self.conn.execute("ROLLBACK")

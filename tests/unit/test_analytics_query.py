@@ -7,7 +7,16 @@ import pytest
 
 from services.analytics import histogram
 from services.analytics.query import Dialect, Filters, Grouping, build, segments
-from services.analytics.rollup import LAYERS, Record, deltas
+from services.analytics.rollup import (
+    CACHED,
+    ESTIMATED,
+    LAYERS,
+    SEMANTIC,
+    STREAM,
+    Record,
+    deltas,
+    layer_deltas,
+)
 
 
 def test_buckets_are_upper_bound_inclusive():
@@ -62,6 +71,58 @@ def test_every_stored_event_adds_to_its_callers_row_and_to_everyones():
     row = rows[(3600, 0, 2, 5)]
     assert row[0] == 2  # requests
     assert row[6] == 2  # unpriced: no cost known
+
+
+def reference_deltas(records: list[Record], floors: dict[str, int]) -> dict[str, dict]:
+    """Every record added to its six rows one by one (how the stores did it before)."""
+    out: dict[str, dict] = {}
+    for layer, width in LAYERS.items():
+        out[layer] = deltas([r for r in records if r.created_at >= floors.get(layer, 0)], width)
+    return out
+
+
+def test_all_layers_at_once_add_up_to_each_layer_from_the_records():
+    rng = random.Random(5)
+    day = 86400
+    records = [
+        Record(
+            day * 40 + rng.uniform(-3 * day, 2 * day),  # around two day and month boundaries
+            rng.getrandbits(63),
+            rng.choice([1, 2, 3]),
+            rng.choice([10, 11]),
+            rng.choice([200, 200, 200, 429, 502]),
+            rng.choice([0, CACHED, CACHED | SEMANTIC, STREAM, STREAM | ESTIMATED]),
+            1,
+            rng.randrange(5000),
+            rng.randrange(800),
+            rng.randrange(50),
+            0,
+            rng.uniform(0.5, 70000),
+            rng.choice([None, rng.uniform(1, 900)]),
+            rng.choice([None, rng.uniform(0, 0.02)]),
+            rng.choice([None, 0.001]),
+            None,
+            "r",
+        )
+        for _ in range(2000)
+    ]
+    floors = {"minute": day * 39, "hour": day * 38}
+    got = layer_deltas(records, lambda layer: floors.get(layer, 0))
+    want = reference_deltas(records, floors)
+    assert set(got) == set(want) == set(LAYERS)
+    for layer in LAYERS:
+        assert got[layer].keys() == want[layer].keys(), layer
+        for key, row in want[layer].items():
+            assert got[layer][key] == pytest.approx(row, rel=1e-12), (layer, key)
+    assert sum(row[0] for key, row in got["day"].items() if key[1] == 0) == len(records)
+    assert sum(row[0] for key, row in got["minute"].items() if key[1] == 0) == sum(
+        r.created_at >= floors["minute"] for r in records
+    )
+
+
+def test_a_floor_off_a_minute_boundary_is_refused():
+    with pytest.raises(ValueError, match="minute boundary"):
+        layer_deltas([], lambda layer: 30 if layer == "hour" else 0)
 
 
 def test_sql_has_one_dialect_per_store_and_ids_are_inlined_as_integers():
