@@ -64,6 +64,7 @@ Check = Callable[[Any], str | None]
 """Returns why the value is refused, or None when it is acceptable."""
 
 _REQUIRED = object()
+_NUMBER = (int, float)  # a tuple: `int | float` in isinstance builds a union on every call
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -101,7 +102,7 @@ def non_negative(*, optional: bool = False) -> Check:
     def check(value: Any) -> str | None:
         if value is None and optional:
             return None
-        if not isinstance(value, int | float) or isinstance(value, bool):
+        if not isinstance(value, _NUMBER) or isinstance(value, bool):
             return "must be a number" + (" or null" if optional else "")
         if not math.isfinite(value) or value < 0:
             return "must be a finite, non-negative number"
@@ -132,19 +133,22 @@ def attempt_log(value: Any) -> str | None:
     for item in value:
         if not isinstance(item, dict) or set(item) != {"deployment", "status", "code", "ms"}:
             return "must hold objects with deployment, status, code and ms"
-        if text(1024)(item["deployment"]) or text(256, optional=True)(item["code"]):
+        if _deployment_name(item["deployment"]) or _error_code(item["code"]):
             return "must hold short strings for deployment and code"
         if (
             not isinstance(item["status"], int)
             or not 0 <= item["status"] <= 599
-            or non_negative()(item["ms"])
+            or _milliseconds(item["ms"])
         ):
             return "must hold a status (0-599) and non-negative milliseconds"
     return None
 
 
+_deployment_name, _error_code, _milliseconds = text(1024), text(256, optional=True), non_negative()
+
+
 def unix_time(value: Any) -> str | None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if not isinstance(value, _NUMBER) or isinstance(value, bool):
         return "must be a number (unix seconds)"
     if not EARLIEST <= value < LATEST:
         return "must be a time from 2000 to 2100 (unix seconds)"
