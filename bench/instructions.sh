@@ -20,7 +20,8 @@
 # that its usage events travel in batches of about the size they have under full
 # load at native speed (a few dozen), not one by one.
 #
-# Knobs: CONNS (16), SECS (20), WARM (15), PORT_BASE (18400). Needs valgrind,
+# Knobs: CONNS (16), SECS (20), WARM (15), PORT_BASE (18400), SKIP_FLOOR (1: only the
+# gateway rows). Needs valgrind,
 # nginx with the echo module and wrk (bench/run.sh installs the last two).
 set -euo pipefail
 
@@ -68,7 +69,7 @@ measure() {
     local name=$1 tree=$2 port=$3 dir=$TMP/$1 pid t0 t1 busy idle n i
     shift 3
     mkdir -p "$dir/data"
-    (cd "$tree" && exec env -u REDIS_URL -u DATABASE_URL PYTHONPATH="$tree" PYTHONMALLOC=malloc \
+    (cd "$tree" && exec env -u REDIS_URL -u DATABASE_URL PYTHONPATH="$tree" \
         GATEWAY_CONFIG="$TMP/gateway.yaml" GATEWAY_MASTER_KEY=$KEY GATEWAY_DATA_DIR="$dir/data" \
         valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
         "$tree/.venv/bin/python" "$@" --host 127.0.0.1 --port "$port" >"$dir/log" 2>&1) &

@@ -135,11 +135,7 @@ def attempt_log(value: Any) -> str | None:
             return "must hold objects with deployment, status, code and ms"
         if _deployment_name(item["deployment"]) or _error_code(item["code"]):
             return "must hold short strings for deployment and code"
-        if (
-            not isinstance(item["status"], int)
-            or not 0 <= item["status"] <= 599
-            or _milliseconds(item["ms"])
-        ):
+        if not isinstance(item["status"], int) or not 0 <= item["status"] <= 599 or _milliseconds(item["ms"]):
             return "must hold a status (0-599) and non-negative milliseconds"
     return None
 
