@@ -16,6 +16,8 @@ from services.kernel.errors import InvalidRequest
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_MESSAGES = 100_000
 MAX_DEPTH = 128  # JSON nesting; orjson cannot re-encode past 254 levels
+_CONTAINERS = (dict, list)  # tuples: `dict | list` in isinstance builds a union on every call
+_CONTENT = (str, list)
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
@@ -25,9 +27,9 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
         if depth > limit:
             return True
         if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, _CONTAINERS))
         elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+            stack.extend((v, depth + 1) for v in item if isinstance(v, _CONTAINERS))
     return False
 
 
@@ -97,7 +99,7 @@ def check_chat(body: dict[str, Any]) -> tuple[str, bool, bool]:
                 code="invalid_value",
             )
         content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
+        if content is not None and not isinstance(content, _CONTENT):
             raise InvalidRequest(
                 f"'{param}.content' must be a string, an array of content parts, or null.",
                 param=f"{param}.content",
