@@ -5,9 +5,10 @@
 - ML stage (embedding + heads, `method: model`) per prompt at concurrency 1 and 32, on
   one core (the process is pinned to CPU 0 and the encoder uses one thread): latency
   percentiles and throughput; at 32 the encoder's micro-batches serve many callers per
-  forward pass;
+  forward pass. `--backends onnx,onnx-int8` compares encoder backends in one run, taking
+  turns;
 - memory: resident set size of the classifier service process once its model is loaded
-  (`python -m services classifier`), for the ONNX and the torch backend.
+  (`python -m services classifier`), for the int8, the float ONNX and the torch backend.
 
 Nothing here is a test: the figures go to docs/classifier.md.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import random
 import subprocess
@@ -31,7 +33,7 @@ from services.classifier.cascade import Cascade
 from services.classifier.heads import Heads
 from services.classifier.prompt import of_text
 from services.classifier.rules import RuleClassifier
-from services.kernel.encoder import Encoder
+from services.kernel.encoder import Encoder, classifier_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,50 +88,76 @@ def reference() -> None:
     print(f"reference: sum(range(100000)) takes {min(runs) * 1e3:.2f} ms CPU (min of 50)")
 
 
-async def ml_stage(texts: list[str], concurrency: int, total: int) -> None:
-    encoder = Encoder(threads=1)
-    await encoder.start()
-    await encoder.wait_ready()
-    cascade = Cascade(RuleClassifier.load(), Heads.load(), encoder)
+@dataclasses.dataclass
+class Run:
+    """One backend's figures in an interleaved ML-stage run."""
+
+    backend: str
+    cascade: Cascade
+    encoder: Encoder
+    latencies: list[float] = dataclasses.field(default_factory=list)
+    short: list[float] = dataclasses.field(default_factory=list)  # ≤ 200 characters (~32 tokens)
+    short_cpu: list[float] = dataclasses.field(default_factory=list)  # meaningful at concurrency 1
+    elapsed: float = 0.0
+    cpu: float = 0.0
+    batches: int = 0
+
+
+async def ml_stage(texts: list[str], concurrency: int, total: int, backends: list[str]) -> None:
+    """`total` prompts per backend at `concurrency`; the backends take turns by rounds of
+    64 prompts, so a change of the machine's load falls on all of them alike. Every backend
+    uses the shipped heads: their cost does not depend on the vectors' origin."""
+    runs = []
+    heads, rules = Heads.load(), RuleClassifier.load()
+    for backend in backends:
+        encoder = Encoder(threads=1, backend=classifier_backend(backend))  # type: ignore[arg-type]
+        await encoder.start()
+        await encoder.wait_ready()
+        runs.append(Run(backend, Cascade(rules, heads, encoder), encoder))
     prompts = [of_text(t) for t in texts]
-    for p in prompts[:20]:
-        await cascade.classify(p, "model")
-    latencies: list[float] = []
-    queue = list(range(total))
-    batches_before = encoder.batches
+    for run in runs:
+        for p in prompts[:20]:
+            await run.cascade.classify(p, "model")
 
-    short: list[float] = []  # prompts the model reads whole in ≤ 200 characters (~32 tokens)
-    short_cpu: list[float] = []  # their CPU time (all threads), meaningful at concurrency 1
-
-    async def worker() -> None:
+    async def worker(run: Run, queue: list[int]) -> None:
         while queue:
-            i = queue.pop()
-            prompt = prompts[i % len(prompts)]
+            prompt = prompts[queue.pop() % len(prompts)]
             started, started_cpu = time.perf_counter(), time.process_time()
-            await cascade.classify(prompt, "model")
-            latencies.append(time.perf_counter() - started)
+            await run.cascade.classify(prompt, "model")
+            run.latencies.append(time.perf_counter() - started)
             if len(prompt.text) <= 200:
-                short.append(latencies[-1])
-                short_cpu.append(time.process_time() - started_cpu)
+                run.short.append(run.latencies[-1])
+                run.short_cpu.append(time.process_time() - started_cpu)
 
-    started, started_cpu = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - started_cpu
-    batches = encoder.batches - batches_before
-    # On a shared machine the wall-clock figures include waiting for the core; CPU time
-    # (the process's, all threads) is the work itself.
-    cpu_note = f"CPU {cpu / total * 1e3:.2f} ms per prompt"
-    if concurrency == 1:
-        cpu_note += f" (short ones: p50 {percentile(short_cpu, 0.5) * 1e3:.2f} ms)"
-    print(
-        f"ML stage, concurrency {concurrency:>2}: {total} prompts, {total / elapsed:7.1f} prompts/s, "
-        f"latency p50 {percentile(latencies, 0.5) * 1e3:6.2f} ms, "
-        f"p99 {percentile(latencies, 0.99) * 1e3:6.2f} ms, "
-        f"{total / max(1, batches):.1f} prompts per micro-batch (backend {encoder.backend}); "
-        f"the {len(short)} short ones (≤ 200 characters): p50 {percentile(short, 0.5) * 1e3:.2f} ms, "
-        f"p99 {percentile(short, 0.99) * 1e3:.2f} ms; {cpu_note}"
-    )
-    await encoder.aclose()
+    for first in range(0, total, 64):
+        for run in runs if (first // 64) % 2 == 0 else runs[::-1]:
+            queue = list(range(first, min(total, first + 64)))[::-1]
+            batches_before = run.encoder.batches
+            started, started_cpu = time.perf_counter(), time.process_time()
+            await asyncio.gather(*(worker(run, queue) for _ in range(concurrency)))
+            run.elapsed += time.perf_counter() - started
+            run.cpu += time.process_time() - started_cpu
+            run.batches += run.encoder.batches - batches_before
+    for run in runs:
+        # On a shared machine the wall-clock figures include waiting for the core; CPU time
+        # (the process's, all threads) is the work itself.
+        cpu_note = f"CPU {run.cpu / total * 1e3:.2f} ms per prompt"
+        if concurrency == 1:
+            cpu_note += (
+                f" (short ones: p50 {percentile(run.short_cpu, 0.5) * 1e3:.2f} ms, "
+                f"p99 {percentile(run.short_cpu, 0.99) * 1e3:.2f} ms)"
+            )
+        print(
+            f"ML stage, concurrency {concurrency:>2}: {total} prompts, {total / run.elapsed:7.1f} prompts/s, "
+            f"latency p50 {percentile(run.latencies, 0.5) * 1e3:6.2f} ms, "
+            f"p99 {percentile(run.latencies, 0.99) * 1e3:6.2f} ms, "
+            f"{total / max(1, run.batches):.1f} prompts per micro-batch (backend {run.encoder.backend}); "
+            f"the {len(run.short)} short ones (≤ 200 characters): "
+            f"p50 {percentile(run.short, 0.5) * 1e3:.2f} ms, "
+            f"p99 {percentile(run.short, 0.99) * 1e3:.2f} ms; {cpu_note}"
+        )
+    for run in runs:
+        await run.encoder.aclose()
 
 
 def free_port() -> int:
@@ -193,16 +221,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ml-prompts", type=int, default=640)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument(
+        "--backends",
+        default="auto",
+        help="encoder backends of the ML stage, comma-separated, interleaved (e.g. onnx,onnx-int8; "
+        "default: the classifier's)",
+    )
+    parser.add_argument("--skip-rules", action="store_true", help="the ML stage only")
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})  # one core, as the target says
     texts = prompt_set(args.prompts)
     reference()
-    rule_stage(texts, args.rounds)
+    if not args.skip_rules:
+        rule_stage(texts, args.rounds)
     for concurrency in (1, 32):
-        asyncio.run(ml_stage(texts, concurrency, args.ml_prompts))
+        asyncio.run(ml_stage(texts, concurrency, args.ml_prompts, args.backends.split(",")))
     if not args.no_memory:
-        for backend in ("onnx", "torch"):
+        for backend in ("onnx-int8", "onnx", "torch"):
             service_memory(backend)
     return 0
 
