@@ -149,6 +149,8 @@ def create_app(
         metrics.model_ready.set(1 if cascade.model_ready else 0)
         if state["heads_error"]:
             return {"model": "heads not loaded (see the log)"}
+        if cascade.mismatch:
+            return {"model": cascade.mismatch}
         return {"model": "ok" if cascade.model_ready else "loading"}
 
     async def classify(request: Request) -> Response:

