@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import random
@@ -103,17 +104,19 @@ class Run:
     batches: int = 0
 
 
-async def ml_stage(texts: list[str], concurrency: int, total: int, backends: list[str]) -> None:
+async def ml_stage(
+    texts: list[str], concurrency: int, total: int, backends: list[str], heads: list[Path | None]
+) -> None:
     """`total` prompts per backend at `concurrency`; the backends take turns by rounds of
-    64 prompts, so a change of the machine's load falls on all of them alike. Every backend
-    uses the shipped heads: their cost does not depend on the vectors' origin."""
+    64 prompts, so a change of the machine's load falls on all of them alike. Each backend
+    with its heads (`heads[i]`; None: the shipped ones), trained on its vectors."""
     runs = []
-    heads, rules = Heads.load(), RuleClassifier.load()
-    for backend in backends:
+    rules = RuleClassifier.load()
+    for backend, path in zip(backends, heads, strict=True):
         encoder = Encoder(threads=1, backend=classifier_backend(backend))  # type: ignore[arg-type]
         await encoder.start()
         await encoder.wait_ready()
-        runs.append(Run(backend, Cascade(rules, heads, encoder), encoder))
+        runs.append(Run(backend, Cascade(rules, Heads.load(path), encoder), encoder))
     prompts = [of_text(t) for t in texts]
     for run in runs:
         for p in prompts[:20]:
@@ -175,7 +178,7 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def service_memory(backend: str) -> None:
+def service_memory(backend: str, heads: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         env = dict(os.environ) | {
@@ -184,6 +187,8 @@ def service_memory(backend: str) -> None:
             "GATEWAY_DATA_DIR": tmp,
             "GATEWAY__CLASSIFIER__ENCODER_BACKEND": backend,
         }
+        if heads is not None:  # heads trained on this backend's vectors, else it is never ready
+            env["GATEWAY__CLASSIFIER__HEADS_FILE"] = str(heads.resolve())
         proc = subprocess.Popen(
             [sys.executable, "-m", "services", "classifier", "--port", str(port)],
             env=env,
@@ -193,23 +198,18 @@ def service_memory(backend: str) -> None:
         try:
             started = time.monotonic()
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-                while time.monotonic() - started < 180:
-                    try:
-                        if http.get("/readyz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.1)
-                ready = time.monotonic() - started
+                ok = False
+                while not ok and time.monotonic() - started < 60:
+                    with contextlib.suppress(httpx.TransportError):
+                        ok = http.get("/readyz").status_code == 200
+                    time.sleep(0 if ok else 0.1)
+                ready = f"ready in {time.monotonic() - started:.1f} s" if ok else "never ready (see /readyz)"
                 for _ in range(50):
                     http.post(
                         "/v1/classify",
                         json={"messages": [{"role": "user", "content": "Why?"}], "method": "model"},
                     )
-            print(
-                f"classifier service, {backend} backend: ready in {ready:.1f} s, "
-                f"RSS {rss_kib(proc.pid) / 1024:.0f} MiB"
-            )
+            print(f"classifier service, {backend} backend: {ready}, RSS {rss_kib(proc.pid) / 1024:.0f} MiB")
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -227,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         help="encoder backends of the ML stage, comma-separated, interleaved (e.g. onnx,onnx-int8; "
         "default: the classifier's)",
     )
+    parser.add_argument(
+        "--heads",
+        default="",
+        help="heads files for --backends, comma-separated (empty: the shipped ones), e.g. the float "
+        "model's before the int8 encoder: git show a5406e6:services/classifier/heads.npz > heads-float.npz",
+    )
     parser.add_argument("--skip-rules", action="store_true", help="the ML stage only")
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
@@ -235,11 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     reference()
     if not args.skip_rules:
         rule_stage(texts, args.rounds)
+    backends = args.backends.split(",")
+    heads = [Path(h) if h else None for h in args.heads.split(",")] if args.heads else [None] * len(backends)
     for concurrency in (1, 32):
-        asyncio.run(ml_stage(texts, concurrency, args.ml_prompts, args.backends.split(",")))
+        asyncio.run(ml_stage(texts, concurrency, args.ml_prompts, backends, heads))
     if not args.no_memory:
+        given = dict(zip(backends, heads, strict=True))
         for backend in ("onnx-int8", "onnx", "torch"):
-            service_memory(backend)
+            # torch computes the float ONNX model's vectors: the same heads fit both.
+            service_memory(backend, given.get(backend, given.get("onnx") if backend == "torch" else None))
     return 0
 
 
