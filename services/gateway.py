@@ -101,7 +101,7 @@ def encoders(settings: Settings) -> tuple[Encoder, Encoder]:
     backend, two when the classifier takes the int8 model (its default once exported) and
     the cache the float one. The cache's vectors must stay the float model's (its threshold
     is calibrated on them); the classifier must not lose its int8 speed to the cache. Both
-    loaded cost ~35 MiB more than the float model alone."""
+    loaded cost roughly the int8 file's 55 MB more than the float model alone."""
     config = settings.config.classifier
     backend = classifier_backend(config.encoder_backend)
     classifier = Encoder(max_batch=config.max_batch, threads=config.encoder_threads, backend=backend)

@@ -23,6 +23,7 @@ import os
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,10 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="onnx,onnx-int8", help="comma-separated; torch too if wanted")
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--int8-file", type=Path, help="another build of onnx-int8 (encoder_int8 --output)")
+    parser.add_argument("--layers", type=int, default=encoder_int8.LAYERS, help="of that build")
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
-    models = {name: load_backend(name, threads=1)[1] for name in args.backends.split(",")}
+    models = {
+        name: load_backend(name, args.int8_file if name == "onnx-int8" else None, threads=1)[1]
+        for name in args.backends.split(",")
+    }
     _, reference = load_backend("onnx", threads=1)
     _, held_out = corpus.split(corpus.examples())
     texts = [of_text(e.text).text for e in random.Random(0).sample(held_out, 300)]
@@ -67,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             if r % 5 == 0:
                 times[name]["batch"].append(cpu_ms(model, medium) / len(medium))
                 times[name]["256"].append(cpu_ms(model, [long]))
-    floats = {"onnx-int8": encoder_int8.float_reference().embed(texts)} if "onnx-int8" in models else {}
+    floats = {}
+    if "onnx-int8" in models:
+        floats["onnx-int8"] = encoder_int8.float_reference(args.layers).embed(texts)
     print(f"{len(medium)} prompts of 28-36 tokens; {len(texts)} held-out prompts for the cosines")
     for name, model in models.items():
         t = times[name]

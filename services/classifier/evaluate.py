@@ -154,12 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="the embedding backend (default: the classifier's, the int8 model once exported)",
     )
+    parser.add_argument("--model-file", type=Path, help="the backend's ONNX file, if not make venv's")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--skip-difficulty", action="store_true", help="category figures only (fast)")
     args = parser.parse_args(argv)
     rules = RuleClassifier.load()
     heads = Heads.load(args.heads)
-    cache = EmbeddingCache(args.cache, backend=classifier_backend(args.backend))
+    cache = EmbeddingCache(args.cache, backend=classifier_backend(args.backend), model_file=args.model_file)
     labels = heads.categories
     out: dict[str, object] = {}
 

@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="the embedding backend (default: the classifier's, the int8 model once exported)",
     )
+    parser.add_argument("--model-file", type=Path, help="the backend's ONNX file, if not make venv's")
     args = parser.parse_args(argv)
 
     categories = RuleClassifier.load().categories
-    cache = EmbeddingCache(args.cache, backend=classifier_backend(args.backend))
+    cache = EmbeddingCache(args.cache, backend=classifier_backend(args.backend), model_file=args.model_file)
     examples = corpus.examples()
     train, held_out = corpus.split(examples)
     print(f"category examples: {len(train)} to train, {len(held_out)} held out", file=sys.stderr)

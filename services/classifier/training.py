@@ -34,11 +34,18 @@ class EmbeddingCache:
     the int8 model once exported), kept in one .npz file."""
 
     def __init__(
-        self, path: Path, *, threads: int = 2, batch: int = 16, backend: Backend | None = None
+        self,
+        path: Path,
+        *,
+        threads: int = 2,
+        batch: int = 16,
+        backend: Backend | None = None,
+        model_file: Path | None = None,
     ) -> None:
         self.path = path
         self.threads = threads
         self.requested_backend = backend or classifier_backend()
+        self.model_file = model_file  # another ONNX file for the backend (e.g. another layer count)
         self.batch = batch
         self._model: Any = None
         self.backend = ""
@@ -56,7 +63,7 @@ class EmbeddingCache:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if self._model is None:
-            self.backend, self._model = load_backend(self.requested_backend, threads=self.threads)
+            self.backend, self._model = load_backend(self.requested_backend, self.model_file, self.threads)
         missing = sorted({t for t in texts if self._key(t) not in self.vectors}, key=len)
         started = time.monotonic()
         for i in range(0, len(missing), self.batch):

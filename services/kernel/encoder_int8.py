@@ -9,14 +9,15 @@ model), then quantises it with ONNX Runtime's static QDQ quantisation:
 - their inputs to uint8 with scales fixed at build time from the activations of 400
   training prompts of the classifier (min-max calibration, a seeded sample);
 - their outputs, and everything else (embeddings, attention scores, layer norms, GELU,
-  pooling), stay float32. Quantising the outputs too cost the most accuracy (cosine to
-  the float vectors down to 0.83 against 0.98) for no speed.
+  pooling), stay float32. Quantising the outputs too (per-tensor uint8) lost most of
+  the accuracy for no speed.
 
 Every scale is a constant of the file, so a text's vector depends on that text only,
 never on the texts batched with it (ONNX Runtime's dynamic int8, which computes scales
 over the whole batch, does not have that property). At run time ONNX Runtime fuses each
-quantised product into `MatMulIntegerToFloat` (u8 x s8 on the CPU's VNNI instructions).
-On one core here, a ~32-token prompt takes ~2.8 ms against ~9.7 ms for the float model
+quantised product into `MatMulIntegerToFloat` (u8 x s8; MLAS uses AVX-512 VNNI where
+the CPU has it).
+On one core here, a ~32-token prompt takes ~3 ms against ~9.5 ms for the float model
 (int8 halves it, four layers of six take another third off); the classifier's heads,
 retrained on these vectors, classify as well as on the float six-layer ones or better
 (figures in docs/classifier.md).
