@@ -7,11 +7,11 @@ nothing is downloaded. Two backends compute the same vectors:
   (`services/kernel/encoder_onnx.py`), run by ONNX Runtime without importing torch:
   ~4 ms for a short prompt on one core here, the same vectors as the float model,
   and a text's vector does not depend on the texts batched with it.
-- `onnx-int8`: the same model with static int8 matrix products
-  (`services/kernel/encoder_int8.py`), about twice as fast; its vectors are within
-  cosine 0.98 of the float ones and, like them, do not depend on the batch. The
-  classifier's default (`classifier_backend`), with heads trained on these vectors;
-  never the semantic cache's.
+- `onnx-int8`: the model's first 4 layers with static int8 matrix products
+  (`services/kernel/encoder_int8.py`), about three times as fast; its vectors are
+  within cosine 0.99 of those layers in float and, like the float ones, do not depend
+  on the batch. The classifier's default (`classifier_backend`), with heads trained on
+  these vectors; never the semantic cache's (they are not the float model's vectors).
 - `torch`: sentence-transformers on the float weights (~20 ms for one short prompt);
   used when the exported file is absent, or when asked for.
 
