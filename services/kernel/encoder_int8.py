@@ -141,7 +141,7 @@ def float_reference(layers: int = LAYERS, threads: int = 1) -> TorchModel:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the classifier's static int8 encoder.")
-    parser.add_argument("--output", type=Path, default=default_path())
+    parser.add_argument("--output", type=Path, help="default: beside the float model, named by --layers")
     parser.add_argument("--layers", type=int, default=LAYERS, choices=range(1, 7))
     args = parser.parse_args(argv)
     import logging
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("root").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    path = build(args.output, args.layers)
+    output = args.output or float_path().with_name(FILE_NAME.replace(f".{LAYERS}-", f".{args.layers}-"))
+    path = build(output, args.layers)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
