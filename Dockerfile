@@ -23,9 +23,11 @@ RUN pip install -r requirements.txt
 
 COPY services/ services/
 COPY gateway.yaml ./
-# The classifier's ONNX embedding model, exported from the packaged weights
-# (services/kernel/encoder_onnx.py): without it the encoder falls back to torch.
-RUN python -m services.kernel.encoder_onnx
+# The ONNX embedding models, exported from the packaged weights: the float one
+# (services/kernel/encoder_onnx.py; without it the encoder falls back to torch) and the
+# classifier's int8 one (services/kernel/encoder_int8.py; without it the classifier uses
+# the float one, and its heads, trained on the int8 vectors, refuse it).
+RUN python -m services.kernel.encoder_onnx && python -m services.kernel.encoder_int8
 # Bytecode is made here because the root filesystem is read-only at run time.
 RUN python -m compileall -q services
 

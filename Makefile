@@ -28,7 +28,13 @@ ONNX_MODEL := $(VENV)/share/llm-gateway/all-MiniLM-L6-v2.onnx
 $(ONNX_MODEL): $(BIN)/.installed services/kernel/encoder_onnx.py
 	$(BIN)/python -m services.kernel.encoder_onnx --output $@
 
-venv: $(BIN)/.installed $(ONNX_MODEL)
+# The classifier's encoder: the model's first 4 layers with static int8 products, calibrated
+# on the classifier's training prompts (services/kernel/encoder_int8.py; ~15 s).
+ONNX_INT8_MODEL := $(VENV)/share/llm-gateway/all-MiniLM-L6-v2.4-layers.int8.onnx
+$(ONNX_INT8_MODEL): $(BIN)/.installed services/kernel/encoder_onnx.py services/kernel/encoder_int8.py
+	$(BIN)/python -m services.kernel.encoder_int8 --output $@
+
+venv: $(BIN)/.installed $(ONNX_MODEL) $(ONNX_INT8_MODEL)
 
 run: venv ## the embedded gateway: one process, no Redis/PostgreSQL, mock provider built in
 	REDIS_URL= DATABASE_URL= $(BIN)/python -m services gateway --host $(HOST) --port $(PORT)

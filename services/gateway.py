@@ -22,7 +22,7 @@ from services.cache import app as cache_app
 from services.cache.client import CacheClient
 from services.classifier import app as classifier_app
 from services.classifier.client import ClassifierClient
-from services.kernel.encoder import Encoder
+from services.kernel.encoder import Backend, Encoder, classifier_backend
 from services.kernel.lifecycle import Lifecycle
 from services.kernel.service import ServiceApp, build_app
 from services.kernel.settings import Settings
@@ -46,22 +46,22 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
     auth_client = AuthClient.in_process(auth)
     assert isinstance(auth_client, AuthClient)
     auth_client.invalidations = invalidations
-    # One embedding model per process: the classifier and the semantic cache share it. It
-    # is loaded only when something uses it: automatic routing (the classifier exists only
-    # then) or a semantic cache; a gateway with neither stays small (~70 MiB, not ~270).
+    # An embedding model is loaded only when something uses it: automatic routing (the
+    # classifier exists only then) or a semantic cache; a gateway with neither stays small
+    # (~70 MiB, not ~270). See `encoders` for which model each one gets.
     config = settings.config
-    encoder_config = config.classifier
-    encoder = Encoder(
-        max_batch=encoder_config.max_batch,
-        threads=encoder_config.encoder_threads,
-        backend=encoder_config.encoder_backend,
-    )
     routed = config.routing is not None
-    needs_model = routed or (config.cache.enabled and config.cache.semantic)
-    classifier = (
-        classifier_app.create_app(settings, process_metrics=False, encoder=encoder) if routed else None
+    semantic = config.cache.enabled and config.cache.semantic
+    classifier_encoder, cache_encoder = encoders(settings)
+    models = list(
+        dict.fromkeys([*([classifier_encoder] if routed else []), *([cache_encoder] if semantic else [])])
     )
-    cache = cache_app.create_app(settings, encoder=encoder, process_metrics=False)
+    classifier = (
+        classifier_app.create_app(settings, process_metrics=False, encoder=classifier_encoder)
+        if routed
+        else None
+    )
+    cache = cache_app.create_app(settings, encoder=cache_encoder, process_metrics=False)
     analytics = analytics_app.create_app(settings, stream=stream, process_metrics=False, auth=auth_client)
     helpers = router_app.Helpers(
         auth=auth_client,
@@ -74,7 +74,7 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
         stream=stream,
         helpers=helpers,
         sub_apps=[
-            *([shared_model(encoder)] if needs_model else []),
+            *(shared_model(encoder) for encoder in models),
             auth,
             *([classifier] if classifier is not None else []),
             cache,
@@ -94,6 +94,22 @@ def create_app(settings: Settings, *, lifecycle: Lifecycle | None = None) -> Ser
 
     app.add_route("/dashboard", dashboard, methods=["GET"])
     return app
+
+
+def encoders(settings: Settings) -> tuple[Encoder, Encoder]:
+    """(the classifier's encoder, the semantic cache's): one instance when both use the same
+    backend, two when the classifier takes the int8 model (its default once exported) and
+    the cache the float one. The cache's vectors must stay the float model's (its threshold
+    is calibrated on them); the classifier must not lose its int8 speed to the cache. Both
+    loaded cost roughly the int8 file's 55 MB more than the float model alone."""
+    config = settings.config.classifier
+    backend = classifier_backend(config.encoder_backend)
+    classifier = Encoder(max_batch=config.max_batch, threads=config.encoder_threads, backend=backend)
+    if backend != "onnx-int8":
+        return classifier, classifier
+    cache_backend: Backend = "auto" if config.encoder_backend == "auto" else "onnx"
+    cache = Encoder(max_batch=config.max_batch, threads=config.encoder_threads, backend=cache_backend)
+    return classifier, cache
 
 
 def shared_model(encoder: Encoder) -> ServiceApp:

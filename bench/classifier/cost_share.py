@@ -29,7 +29,7 @@ from services.classifier import app as classifier_app
 from services.classifier import corpus
 from services.classifier.client import ClassifierClient, RuleClassifier
 from services.kernel.config import build_catalog, load_config
-from services.kernel.encoder import Encoder
+from services.kernel.encoder import Encoder, classifier_backend
 from services.kernel.pricing import cost_of
 from services.kernel.settings import Settings
 from services.router.autoroute import AutoResolver
@@ -47,7 +47,7 @@ async def replay(config_path: Path, alias: str, texts: list[str]) -> list[str]:
         settings = Settings(
             config=config, catalog=build_catalog(config, {}), master_key="sk-bench-cost", data_dir=Path(tmp)
         )
-        encoder = Encoder()
+        encoder = Encoder(backend=classifier_backend())
         app = classifier_app.create_app(settings, process_metrics=False, encoder=encoder)
         async with app.router.lifespan_context(app):
             await encoder.wait_ready()

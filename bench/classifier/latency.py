@@ -5,9 +5,10 @@
 - ML stage (embedding + heads, `method: model`) per prompt at concurrency 1 and 32, on
   one core (the process is pinned to CPU 0 and the encoder uses one thread): latency
   percentiles and throughput; at 32 the encoder's micro-batches serve many callers per
-  forward pass;
+  forward pass. `--backends onnx,onnx-int8` compares encoder backends in one run, taking
+  turns;
 - memory: resident set size of the classifier service process once its model is loaded
-  (`python -m services classifier`), for the ONNX and the torch backend.
+  (`python -m services classifier`), for the int8, the float ONNX and the torch backend.
 
 Nothing here is a test: the figures go to docs/classifier.md.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import os
 import random
 import subprocess
@@ -31,7 +34,7 @@ from services.classifier.cascade import Cascade
 from services.classifier.heads import Heads
 from services.classifier.prompt import of_text
 from services.classifier.rules import RuleClassifier
-from services.kernel.encoder import Encoder
+from services.kernel.encoder import Encoder, classifier_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,50 +89,78 @@ def reference() -> None:
     print(f"reference: sum(range(100000)) takes {min(runs) * 1e3:.2f} ms CPU (min of 50)")
 
 
-async def ml_stage(texts: list[str], concurrency: int, total: int) -> None:
-    encoder = Encoder(threads=1)
-    await encoder.start()
-    await encoder.wait_ready()
-    cascade = Cascade(RuleClassifier.load(), Heads.load(), encoder)
+@dataclasses.dataclass
+class Run:
+    """One backend's figures in an interleaved ML-stage run."""
+
+    backend: str
+    cascade: Cascade
+    encoder: Encoder
+    latencies: list[float] = dataclasses.field(default_factory=list)
+    short: list[float] = dataclasses.field(default_factory=list)  # ≤ 200 characters (~32 tokens)
+    short_cpu: list[float] = dataclasses.field(default_factory=list)  # meaningful at concurrency 1
+    elapsed: float = 0.0
+    cpu: float = 0.0
+    batches: int = 0
+
+
+async def ml_stage(
+    texts: list[str], concurrency: int, total: int, backends: list[str], heads: list[Path | None]
+) -> None:
+    """`total` prompts per backend at `concurrency`; the backends take turns by rounds of
+    64 prompts, so a change of the machine's load falls on all of them alike. Each backend
+    with its heads (`heads[i]`; None: the shipped ones), trained on its vectors."""
+    runs = []
+    rules = RuleClassifier.load()
+    for backend, path in zip(backends, heads, strict=True):
+        encoder = Encoder(threads=1, backend=classifier_backend(backend))  # type: ignore[arg-type]
+        await encoder.start()
+        await encoder.wait_ready()
+        runs.append(Run(backend, Cascade(rules, Heads.load(path), encoder), encoder))
     prompts = [of_text(t) for t in texts]
-    for p in prompts[:20]:
-        await cascade.classify(p, "model")
-    latencies: list[float] = []
-    queue = list(range(total))
-    batches_before = encoder.batches
+    for run in runs:
+        for p in prompts[:20]:
+            await run.cascade.classify(p, "model")
 
-    short: list[float] = []  # prompts the model reads whole in ≤ 200 characters (~32 tokens)
-    short_cpu: list[float] = []  # their CPU time (all threads), meaningful at concurrency 1
-
-    async def worker() -> None:
+    async def worker(run: Run, queue: list[int]) -> None:
         while queue:
-            i = queue.pop()
-            prompt = prompts[i % len(prompts)]
+            prompt = prompts[queue.pop() % len(prompts)]
             started, started_cpu = time.perf_counter(), time.process_time()
-            await cascade.classify(prompt, "model")
-            latencies.append(time.perf_counter() - started)
+            await run.cascade.classify(prompt, "model")
+            run.latencies.append(time.perf_counter() - started)
             if len(prompt.text) <= 200:
-                short.append(latencies[-1])
-                short_cpu.append(time.process_time() - started_cpu)
+                run.short.append(run.latencies[-1])
+                run.short_cpu.append(time.process_time() - started_cpu)
 
-    started, started_cpu = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - started_cpu
-    batches = encoder.batches - batches_before
-    # On a shared machine the wall-clock figures include waiting for the core; CPU time
-    # (the process's, all threads) is the work itself.
-    cpu_note = f"CPU {cpu / total * 1e3:.2f} ms per prompt"
-    if concurrency == 1:
-        cpu_note += f" (short ones: p50 {percentile(short_cpu, 0.5) * 1e3:.2f} ms)"
-    print(
-        f"ML stage, concurrency {concurrency:>2}: {total} prompts, {total / elapsed:7.1f} prompts/s, "
-        f"latency p50 {percentile(latencies, 0.5) * 1e3:6.2f} ms, "
-        f"p99 {percentile(latencies, 0.99) * 1e3:6.2f} ms, "
-        f"{total / max(1, batches):.1f} prompts per micro-batch (backend {encoder.backend}); "
-        f"the {len(short)} short ones (≤ 200 characters): p50 {percentile(short, 0.5) * 1e3:.2f} ms, "
-        f"p99 {percentile(short, 0.99) * 1e3:.2f} ms; {cpu_note}"
-    )
-    await encoder.aclose()
+    for first in range(0, total, 64):
+        for run in runs if (first // 64) % 2 == 0 else runs[::-1]:
+            queue = list(range(first, min(total, first + 64)))[::-1]
+            batches_before = run.encoder.batches
+            started, started_cpu = time.perf_counter(), time.process_time()
+            await asyncio.gather(*(worker(run, queue) for _ in range(concurrency)))
+            run.elapsed += time.perf_counter() - started
+            run.cpu += time.process_time() - started_cpu
+            run.batches += run.encoder.batches - batches_before
+    for run in runs:
+        # On a shared machine the wall-clock figures include waiting for the core; CPU time
+        # (the process's, all threads) is the work itself.
+        cpu_note = f"CPU {run.cpu / total * 1e3:.2f} ms per prompt"
+        if concurrency == 1:
+            cpu_note += (
+                f" (short ones: p50 {percentile(run.short_cpu, 0.5) * 1e3:.2f} ms, "
+                f"p99 {percentile(run.short_cpu, 0.99) * 1e3:.2f} ms)"
+            )
+        print(
+            f"ML stage, concurrency {concurrency:>2}: {total} prompts, {total / run.elapsed:7.1f} prompts/s, "
+            f"latency p50 {percentile(run.latencies, 0.5) * 1e3:6.2f} ms, "
+            f"p99 {percentile(run.latencies, 0.99) * 1e3:6.2f} ms, "
+            f"{total / max(1, run.batches):.1f} prompts per micro-batch (backend {run.encoder.backend}); "
+            f"the {len(run.short)} short ones (≤ 200 characters): "
+            f"p50 {percentile(run.short, 0.5) * 1e3:.2f} ms, "
+            f"p99 {percentile(run.short, 0.99) * 1e3:.2f} ms; {cpu_note}"
+        )
+    for run in runs:
+        await run.encoder.aclose()
 
 
 def free_port() -> int:
@@ -147,7 +178,7 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def service_memory(backend: str) -> None:
+def service_memory(backend: str, heads: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         env = dict(os.environ) | {
@@ -156,6 +187,8 @@ def service_memory(backend: str) -> None:
             "GATEWAY_DATA_DIR": tmp,
             "GATEWAY__CLASSIFIER__ENCODER_BACKEND": backend,
         }
+        if heads is not None:  # heads trained on this backend's vectors, else it is never ready
+            env["GATEWAY__CLASSIFIER__HEADS_FILE"] = str(heads.resolve())
         proc = subprocess.Popen(
             [sys.executable, "-m", "services", "classifier", "--port", str(port)],
             env=env,
@@ -165,23 +198,18 @@ def service_memory(backend: str) -> None:
         try:
             started = time.monotonic()
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-                while time.monotonic() - started < 180:
-                    try:
-                        if http.get("/readyz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.1)
-                ready = time.monotonic() - started
+                ok = False
+                while not ok and time.monotonic() - started < 60:
+                    with contextlib.suppress(httpx.TransportError):
+                        ok = http.get("/readyz").status_code == 200
+                    time.sleep(0 if ok else 0.1)
+                ready = f"ready in {time.monotonic() - started:.1f} s" if ok else "never ready (see /readyz)"
                 for _ in range(50):
                     http.post(
                         "/v1/classify",
                         json={"messages": [{"role": "user", "content": "Why?"}], "method": "model"},
                     )
-            print(
-                f"classifier service, {backend} backend: ready in {ready:.1f} s, "
-                f"RSS {rss_kib(proc.pid) / 1024:.0f} MiB"
-            )
+            print(f"classifier service, {backend} backend: {ready}, RSS {rss_kib(proc.pid) / 1024:.0f} MiB")
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -193,17 +221,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ml-prompts", type=int, default=640)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument(
+        "--backends",
+        default="auto",
+        help="encoder backends of the ML stage, comma-separated, interleaved (e.g. onnx,onnx-int8; "
+        "default: the classifier's)",
+    )
+    parser.add_argument(
+        "--heads",
+        default="",
+        help="heads files for --backends, comma-separated (empty: the shipped ones), e.g. the float "
+        "model's before the int8 encoder: git show a5406e6:services/classifier/heads.npz > heads-float.npz",
+    )
+    parser.add_argument("--skip-rules", action="store_true", help="the ML stage only")
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})  # one core, as the target says
     texts = prompt_set(args.prompts)
     reference()
-    rule_stage(texts, args.rounds)
+    if not args.skip_rules:
+        rule_stage(texts, args.rounds)
+    backends = args.backends.split(",")
+    heads = [Path(h) if h else None for h in args.heads.split(",")] if args.heads else [None] * len(backends)
     for concurrency in (1, 32):
-        asyncio.run(ml_stage(texts, concurrency, args.ml_prompts))
+        asyncio.run(ml_stage(texts, concurrency, args.ml_prompts, backends, heads))
     if not args.no_memory:
-        for backend in ("onnx", "torch"):
-            service_memory(backend)
+        given = dict(zip(backends, heads, strict=True))
+        for backend in ("onnx-int8", "onnx", "torch"):
+            # torch computes the float ONNX model's vectors: the same heads fit both.
+            service_memory(backend, given.get(backend, given.get("onnx") if backend == "torch" else None))
     return 0
 
 

@@ -27,7 +27,7 @@ from services.classifier.cascade import Cascade, Classification, ModelNotReady
 from services.classifier.heads import Heads, HeadsError
 from services.classifier.prompt import from_messages
 from services.classifier.rules import RuleClassifier
-from services.kernel.encoder import Encoder
+from services.kernel.encoder import Encoder, classifier_backend
 from services.kernel.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable
 from services.kernel.service import ServiceApp, build_app, json_response
 from services.kernel.settings import Settings
@@ -132,7 +132,9 @@ def create_app(
         enc = None
         if heads is not None:
             enc = encoder or Encoder(
-                max_batch=config.max_batch, threads=config.encoder_threads, backend=config.encoder_backend
+                max_batch=config.max_batch,
+                threads=config.encoder_threads,
+                backend=classifier_backend(config.encoder_backend),
             )
             await enc.start()  # loads in the background: the rules answer meanwhile
         state["cascade"] = Cascade(rules, heads, enc)
@@ -147,6 +149,8 @@ def create_app(
         metrics.model_ready.set(1 if cascade.model_ready else 0)
         if state["heads_error"]:
             return {"model": "heads not loaded (see the log)"}
+        if cascade.mismatch:
+            return {"model": cascade.mismatch}
         return {"model": "ok" if cascade.model_ready else "loading"}
 
     async def classify(request: Request) -> Response:

@@ -66,8 +66,21 @@ class Cascade:
         self.encoder = encoder
 
     @property
+    def mismatch(self) -> str | None:
+        """Why the loaded encoder cannot serve these heads (trained on another model's
+        vectors), if so: the rules then answer everything, and the service is not ready."""
+        if self.heads is None or self.encoder is None or self.encoder.backend is None:
+            return None
+        return self.heads.mismatch(self.encoder.backend)
+
+    @property
     def model_ready(self) -> bool:
-        return self.heads is not None and self.encoder is not None and self.encoder.ready
+        return (
+            self.heads is not None
+            and self.encoder is not None
+            and self.encoder.ready
+            and self.mismatch is None
+        )
 
     async def classify(self, prompt: Prompt, method: Requested = "auto") -> Classification:
         started = time.perf_counter()

@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from services.classifier.prompt import of_text
 from services.classifier.rules import RuleClassifier
 from services.classifier.train import default_cache
 from services.classifier.training import EmbeddingCache, build_heads, fit_difficulty
+from services.kernel.encoder import Backend, classifier_backend
 
 # A subject whose strong model is not clearly better (college chemistry: 0.48 against 0.49;
 # world religions: worse) has no gap to recover: its APGR divides by ~0 or flips sign, so
@@ -46,7 +48,12 @@ def _prf(matrix: np.ndarray, labels: tuple[str, ...]) -> str:
     lines = [f"{'category':<18}{'precision':>10}{'recall':>8}{'F1':>8}{'support':>9}"]
     for label, (p, r, f, n) in zip(labels, per_class(matrix), strict=True):
         lines.append(f"{label:<18}{p:>10.3f}{r:>8.3f}{f:>8.3f}{n:>9}")
+    lines.append(f"{'macro F1':<36}{_macro_f1(matrix):>8.3f}")
     return "\n".join(lines)
+
+
+def _macro_f1(matrix: np.ndarray) -> float:
+    return float(np.mean([f for _, _, f, _ in per_class(matrix)]))
 
 
 def category_report(
@@ -71,6 +78,10 @@ def category_report(
             "cascade": accuracy(truth, by_cascade),
         },
         "rules_answered_share": answered_by_rules,
+        "macro_f1": {
+            "head": _macro_f1(confusion(truth, by_head, labels)),
+            "cascade": _macro_f1(confusion(truth, by_cascade, labels)),
+        },
         "confusion_head": confusion(truth, by_head, labels).tolist(),
         "confusion_cascade": confusion(truth, by_cascade, labels).tolist(),
     }
@@ -137,12 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", type=Path, default=DEFAULT_HEADS)
     parser.add_argument("--cache", type=Path, default=default_cache())
+    parser.add_argument(
+        "--backend",
+        choices=get_args(Backend),
+        default="auto",
+        help="the embedding backend (default: the classifier's, the int8 model once exported)",
+    )
+    parser.add_argument("--model-file", type=Path, help="the backend's ONNX file, if not make venv's")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--skip-difficulty", action="store_true", help="category figures only (fast)")
     args = parser.parse_args(argv)
     rules = RuleClassifier.load()
     heads = Heads.load(args.heads)
-    cache = EmbeddingCache(args.cache)
+    cache = EmbeddingCache(args.cache, backend=classifier_backend(args.backend), model_file=args.model_file)
     labels = heads.categories
     out: dict[str, object] = {}
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from services.classifier.prompt import FEATURES, features
+from services.kernel.encoder_onnx import FILE_NAME as FLOAT_FILE
 
 DEFAULT_HEADS = Path(__file__).with_name("heads.npz")
 
@@ -79,6 +80,20 @@ class Heads:
             feature_std=self.feature_std,
             features=np.array(FEATURES),
             info=np.array(json.dumps(self.info, sort_keys=True)),
+        )
+
+    def mismatch(self, backend: str) -> str | None:
+        """Why an encoder's vectors (`Encoder.backend`) do not fit these heads, or None. The
+        heads learnt one model's vector space: another model's vectors (the int8 first
+        layers against the float six) would be classified at random. The torch backend and
+        the float ONNX model compute the same vectors."""
+        trained = str(self.info.get("backend") or "")
+        same = {"torch": f"onnx:{FLOAT_FILE}"}
+        if not trained or same.get(trained, trained) == same.get(backend, backend):
+            return None
+        return (
+            f"the heads were trained on the vectors of {trained}, the encoder is {backend}: "
+            "set classifier.encoder_backend to match, or retrain the heads (make train-classifier)"
         )
 
     def category_probabilities(self, embeddings: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import get_args
 
 from services.classifier import corpus
 from services.classifier.heads import DEFAULT_HEADS
@@ -25,6 +26,7 @@ from services.classifier.training import (
     fit_category,
     fit_difficulty,
 )
+from services.kernel.encoder import Backend, classifier_backend
 
 
 def default_cache() -> Path:
@@ -35,10 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_HEADS)
     parser.add_argument("--cache", type=Path, default=default_cache(), help="embedding cache file")
+    parser.add_argument(
+        "--backend",
+        choices=get_args(Backend),
+        default="auto",
+        help="the embedding backend (default: the classifier's, the int8 model once exported)",
+    )
+    parser.add_argument("--model-file", type=Path, help="the backend's ONNX file, if not make venv's")
     args = parser.parse_args(argv)
 
     categories = RuleClassifier.load().categories
-    cache = EmbeddingCache(args.cache)
+    cache = EmbeddingCache(args.cache, backend=classifier_backend(args.backend), model_file=args.model_file)
     examples = corpus.examples()
     train, held_out = corpus.split(examples)
     print(f"category examples: {len(train)} to train, {len(held_out)} held out", file=sys.stderr)

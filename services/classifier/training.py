@@ -22,7 +22,7 @@ import numpy as np
 from services.classifier.corpus import Outcome
 from services.classifier.heads import Heads
 from services.classifier.prompt import FEATURES, features, of_text
-from services.kernel.encoder import DIMENSIONS, MAX_CHARS, load_backend
+from services.kernel.encoder import DIMENSIONS, MAX_CHARS, Backend, classifier_backend, load_backend
 
 CATEGORY_C = 4.0  # inverse regularisation of the category head
 DIFFICULTY_C = 0.3  # of the difficulty head (chosen by 5-fold cross-validation grouped by subject)
@@ -30,11 +30,22 @@ SEED = 0
 
 
 class EmbeddingCache:
-    """Text → embedding, computed by the serving backend, kept in one .npz file."""
+    """Text → embedding, computed by the classifier's serving backend (`classifier_backend`:
+    the int8 model once exported), kept in one .npz file."""
 
-    def __init__(self, path: Path, *, threads: int = 2, batch: int = 16) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        threads: int = 2,
+        batch: int = 16,
+        backend: Backend | None = None,
+        model_file: Path | None = None,
+    ) -> None:
         self.path = path
         self.threads = threads
+        self.requested_backend = backend or classifier_backend()
+        self.model_file = model_file  # another ONNX file for the backend (e.g. another layer count)
         self.batch = batch
         self._model: Any = None
         self.backend = ""
@@ -52,7 +63,7 @@ class EmbeddingCache:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if self._model is None:
-            self.backend, self._model = load_backend(threads=self.threads)
+            self.backend, self._model = load_backend(self.requested_backend, self.model_file, self.threads)
         missing = sorted({t for t in texts if self._key(t) not in self.vectors}, key=len)
         started = time.monotonic()
         for i in range(0, len(missing), self.batch):

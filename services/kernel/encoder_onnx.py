@@ -87,8 +87,9 @@ class OnnxModel:
         return out
 
 
-def export(target: Path) -> Path:
-    """Export the packaged model to `target` (needs torch and onnx: build time only)."""
+def export(target: Path, layers: int | None = None) -> Path:
+    """Export the packaged model to `target` (needs torch and onnx: build time only);
+    `layers`: only the first ones of the six, mean-pooled the same way."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -98,6 +99,8 @@ def export(target: Path) -> Path:
     from services.kernel.encoder import model_path
 
     bert: Any = AutoModel.from_pretrained(model_path()).eval()
+    if layers is not None:
+        bert.encoder.layer = bert.encoder.layer[:layers]
 
     class Pooled(torch.nn.Module):
         """The transformer plus sentence-transformers' mean pooling and normalisation."""

@@ -3,6 +3,9 @@ never saw (the held-out split of the corpus); the test computes both accuracies.
 
 from __future__ import annotations
 
+import dataclasses
+import random
+
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -12,7 +15,7 @@ from services.classifier.heads import Heads, HeadsError
 from services.classifier.metrics import accuracy, apgr
 from services.classifier.prompt import of_text
 from services.classifier.rules import RuleClassifier
-from services.kernel.encoder import Encoder
+from services.kernel.encoder import Encoder, classifier_backend
 
 RULES = RuleClassifier.load()
 HEADS = Heads.load()
@@ -21,7 +24,7 @@ _, HELD_OUT = corpus.split(corpus.examples())
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def encoder():
-    enc = Encoder()
+    enc = Encoder(backend=classifier_backend())  # the heads are trained on its vectors
     await enc.start()
     yield enc
     await enc.aclose()
@@ -58,7 +61,9 @@ async def test_the_head_beats_the_rules_alone_on_the_held_out_split(encoder):
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_difficulties_are_probabilities_and_rank_better_than_chance(encoder):
-    rows = [o for o in corpus.outcomes() if o.subject == "high_school_us_history"]
+    # A seeded sample across the 29 subjects: one subject's ~200 questions (this test used
+    # high-school US history) gave an in-sample APGR that moved by ±0.09 with the encoder.
+    rows = random.Random(0).sample(corpus.outcomes(), 600)
     vectors = await embed(encoder, [r.text for r in rows])
     scores = HEADS.difficulty(vectors, [of_text(r.text).user for r in rows])
     assert ((scores >= 0) & (scores <= 1)).all()
@@ -74,3 +79,11 @@ def test_heads_trained_for_other_features_are_refused(tmp_path):
         Heads.load(broken)
     with pytest.raises(HeadsError, match="cannot read"):
         Heads.load(tmp_path / "none.npz")
+
+
+def test_heads_refuse_the_vectors_of_another_model():
+    trained = str(HEADS.info["backend"])
+    assert HEADS.mismatch(trained) is None
+    assert "make train-classifier" in (HEADS.mismatch("onnx:some-other-model.onnx") or "")
+    float_heads = dataclasses.replace(HEADS, info={"backend": "onnx:all-MiniLM-L6-v2.onnx"})
+    assert float_heads.mismatch("torch") is None  # the same vectors

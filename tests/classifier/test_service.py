@@ -136,3 +136,34 @@ models:
             assert body["method"] == "rules"
             forced = await client.post("/v1/classify", json={"messages": unclear, "method": "model"})
             assert_openai_error(forced, 503)
+
+
+async def test_heads_trained_on_another_models_vectors_are_refused(tmp_path):
+    """The shipped heads learnt the int8 encoder's vectors: with the float model the service
+    answers by its rules and says why it is not ready, instead of classifying at random."""
+    settings = make_settings(
+        tmp_path,
+        """
+classifier:
+  encoder_backend: onnx
+models:
+  - name: m
+    deployments: [{provider: mock, model: m}]
+""",
+    )
+    app = classifier_app.create_app(settings, process_metrics=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://classifier") as client:
+            for _ in range(100):  # the model loads in the background, about a second
+                ready = await client.get("/readyz")
+                if "trained on" in ready.json()["checks"]["model"]:
+                    break
+                await asyncio.sleep(0.1)
+            assert ready.status_code == 503
+            assert "make train-classifier" in ready.json()["checks"]["model"]
+            unclear = user(
+                "Which of the following is a mammal?\nA. Shark\nB. Whale\nC. Trout\nD. Eel\nAnswer:"
+            )
+            body = (await client.post("/v1/classify", json={"messages": unclear})).json()
+            assert body["method"] == "rules"

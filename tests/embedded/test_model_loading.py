@@ -52,3 +52,14 @@ async def test_the_model_loads_only_for_auto_routing_or_a_semantic_cache(tmp_pat
         finally:
             await client.close()
     assert bool(starts) is loads
+
+
+async def test_auto_routing_with_a_semantic_cache_loads_the_int8_and_the_float_model(tmp_path, starts):
+    """The classifier embeds with the int8 model (its default once `make venv` built it),
+    the cache with the float one: two models, each loaded by the gateway."""
+    config = ROUTED + "cache:\n  enabled: true\n  semantic: true\n"
+    app = gateway_module.create_app(make_settings(tmp_path, config))
+    async with serve(app):
+        pass
+    models = {id(e): e.requested_backend for e in starts}  # the classifier starts its own use too
+    assert sorted(models.values()) == ["auto", "onnx-int8"]
