@@ -293,3 +293,20 @@ def test_a_pipelined_request_with_huge_headers_closes_the_connection_after_the_a
         received = read_until_closed(sock)
         assert received.startswith(b"HTTP/1.1 200 ")
         assert received.endswith(b"held")  # the answer under way ends whole, nothing after it
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent():
+    recording = RecordingEndpoint()
+    with serving(small_app(recording)) as running, connect(running.port) as sock:
+        sock.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        seen = b""
+        while not seen.endswith(b"\r\n\r\n"):
+            seen += sock.recv(65536)
+        assert seen == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 ")
