@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import get_args
 
 import numpy as np
 
@@ -26,9 +25,8 @@ from services.classifier.heads import DEFAULT_HEADS, Heads
 from services.classifier.metrics import accuracy, apgr, confusion, cpt, per_class
 from services.classifier.prompt import of_text
 from services.classifier.rules import RuleClassifier
-from services.classifier.train import default_cache
+from services.classifier.train import add_encoder_arguments, embedding_cache
 from services.classifier.training import EmbeddingCache, build_heads, fit_difficulty
-from services.kernel.encoder import Backend, classifier_backend
 
 # A subject whose strong model is not clearly better (college chemistry: 0.48 against 0.49;
 # world religions: worse) has no gap to recover: its APGR divides by ~0 or flips sign, so
@@ -147,20 +145,13 @@ def difficulty_report(rules: RuleClassifier, cache: EmbeddingCache) -> dict[str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", type=Path, default=DEFAULT_HEADS)
-    parser.add_argument("--cache", type=Path, default=default_cache())
-    parser.add_argument(
-        "--backend",
-        choices=get_args(Backend),
-        default="auto",
-        help="the embedding backend (default: the classifier's, the int8 model once exported)",
-    )
-    parser.add_argument("--model-file", type=Path, help="the backend's ONNX file, if not make venv's")
+    add_encoder_arguments(parser)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--skip-difficulty", action="store_true", help="category figures only (fast)")
     args = parser.parse_args(argv)
     rules = RuleClassifier.load()
     heads = Heads.load(args.heads)
-    cache = EmbeddingCache(args.cache, backend=classifier_backend(args.backend), model_file=args.model_file)
+    cache = embedding_cache(args)
     labels = heads.categories
     out: dict[str, object] = {}
 

@@ -33,9 +33,8 @@ def default_cache() -> Path:
     return Path(os.environ.get("GATEWAY_DATA_DIR") or "data") / "classifier" / "embeddings.npz"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_HEADS)
+def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the training and evaluation scripts that choose the encoder."""
     parser.add_argument("--cache", type=Path, default=default_cache(), help="embedding cache file")
     parser.add_argument(
         "--backend",
@@ -44,10 +43,21 @@ def main(argv: list[str] | None = None) -> int:
         help="the embedding backend (default: the classifier's, the int8 model once exported)",
     )
     parser.add_argument("--model-file", type=Path, help="the backend's ONNX file, if not make venv's")
+
+
+def embedding_cache(args: argparse.Namespace) -> EmbeddingCache:
+    """The embeddings of the encoder `add_encoder_arguments` chose, cached on disk."""
+    return EmbeddingCache(args.cache, backend=classifier_backend(args.backend), model_file=args.model_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=DEFAULT_HEADS)
+    add_encoder_arguments(parser)
     args = parser.parse_args(argv)
 
     categories = RuleClassifier.load().categories
-    cache = EmbeddingCache(args.cache, backend=classifier_backend(args.backend), model_file=args.model_file)
+    cache = embedding_cache(args)
     examples = corpus.examples()
     train, held_out = corpus.split(examples)
     print(f"category examples: {len(train)} to train, {len(held_out)} held out", file=sys.stderr)
