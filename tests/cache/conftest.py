@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+import uvicorn
 from openai import AsyncOpenAI
 
 from services.cache.memory import MemoryEntries
 from services.cache.store import RedisEntries
+from services.kernel.bearer import bearer_token
 from services.kernel.encoder import Encoder
+from services.kernel.errors import Unauthorized
+from services.kernel.principal import Principal
 from tests.conftest import REDIS_URL
 
 
@@ -100,3 +105,32 @@ async def until_hit(client: AsyncOpenAI, prompt: str, deadline_s: float = 15.0, 
         if headers.get("x-gateway-cache") == "hit" or time.monotonic() > end:
             return headers, answer
         await asyncio.sleep(0.05)
+
+
+class FixedKeys:
+    """An authenticator of a fixed set of test keys (the auth service is not under test)."""
+
+    def __init__(self, keys: Mapping[str, Principal]) -> None:
+        self.keys = keys
+
+    async def authenticate(self, headers: Mapping[bytes, bytes]) -> Principal:
+        principal = self.keys.get(bearer_token(headers))
+        if principal is None:
+            raise Unauthorized("Invalid API key.")
+        return principal
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """`app` served over HTTP on a free port, in this event loop; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task

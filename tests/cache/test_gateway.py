@@ -9,22 +9,19 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from services.cache import app as cache_app
 from services.cache.client import CacheClient
-from services.kernel.bearer import bearer_token
-from services.kernel.errors import Unauthorized
 from services.kernel.principal import Principal
 from services.kernel.stream import MemoryUsageStream, events_of
 from services.router import app as router_app
-from tests.cache.conftest import ask, until_hit
+from tests.cache.conftest import FixedKeys, ask, serving, until_hit
 from tests.conftest import REDIS_URL, make_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -55,16 +52,6 @@ models:
 """
 
 
-class Keys:
-    """Authenticates the fixed test keys above (the auth service is not under test here)."""
-
-    async def authenticate(self, headers: Mapping[bytes, bytes]) -> Principal:
-        principal = KEYS.get(bearer_token(headers))
-        if principal is None:
-            raise Unauthorized("Invalid API key.")
-        return principal
-
-
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,20 +78,10 @@ async def gateway(
         stream=stream,
         helpers=router_app.Helpers(cache=client),
         sub_apps=subs,
-        stages=router_app.Stages(authenticator=Keys()),
+        stages=router_app.Stages(authenticator=FixedKeys(KEYS)),
     )
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}", stream
-    finally:
-        server.should_exit = True
-        await task
+    async with serving(app) as url:
+        yield url, stream
 
 
 async def usage_of(stream: MemoryUsageStream, request_id: str, deadline_s: float = 10.0) -> dict[str, Any]:

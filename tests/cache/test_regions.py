@@ -10,23 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
 
 from services.cache import app as cache_app
 from services.cache.client import CacheClient
 from services.cache.keys import request_key
-from services.kernel.bearer import bearer_token
-from services.kernel.errors import Unauthorized
 from services.kernel.principal import Principal
 from services.kernel.stream import MemoryUsageStream
 from services.router import app as router_app
-from tests.cache.conftest import ask, until_hit
+from tests.cache.conftest import FixedKeys, ask, serving, until_hit
 from tests.conftest import MASTER_KEY, REDIS_URL, make_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -52,31 +48,6 @@ models:
 """
 
 
-class Keys:
-    """The fixed test keys above (the auth service is not under test here)."""
-
-    async def authenticate(self, headers: Mapping[bytes, bytes]) -> Principal:
-        principal = KEYS.get(bearer_token(headers))
-        if principal is None:
-            raise Unauthorized("Invalid API key.")
-        return principal
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 @contextlib.asynccontextmanager
 async def topology(tmp_path, prefix: str, encoder, regions: tuple[str | None, ...]) -> AsyncIterator[dict]:
     """One cache service on the shared Redis, and a router per region given, each over HTTP."""
@@ -92,7 +63,7 @@ async def topology(tmp_path, prefix: str, encoder, regions: tuple[str | None, ..
                 settings.replace(region=region, data_dir=tmp_path / f"router-{region or 'none'}"),
                 stream=MemoryUsageStream(),
                 helpers=router_app.Helpers(cache=CacheClient.over_http(cache_url, timeout=10.0)),
-                stages=router_app.Stages(authenticator=Keys()),
+                stages=router_app.Stages(authenticator=FixedKeys(KEYS)),
             )
             urls[region] = await stack.enter_async_context(serving(router))
         admin = await stack.enter_async_context(
