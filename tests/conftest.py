@@ -24,6 +24,21 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+async def delete_prefix(client: aioredis.Redis, prefix: str) -> None:
+    """Delete every key under `prefix:`, as a test leaves them."""
+    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        await client.delete(key)
+
+
+async def purge_redis_prefix(prefix: str) -> None:
+    """`delete_prefix` with a client of its own (for clean-ups outside the `redis` fixture)."""
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        await delete_prefix(client, prefix)
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture
 async def redis() -> AsyncIterator[aioredis.Redis]:
     client = aioredis.from_url(REDIS_URL)

@@ -19,13 +19,20 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from services.auth.app import create_app
 from services.kernel.stream import MemoryUsageStream
 from services.router import app as router_app
 from tests.auth.serving import serve
-from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL, make_settings, run_sql, with_search_path
+from tests.conftest import (
+    DATABASE_URL,
+    MASTER_KEY,
+    REDIS_URL,
+    make_settings,
+    purge_redis_prefix,
+    run_sql,
+    with_search_path,
+)
 
 # Cheap scrypt for tests (the production default costs ~0.8 s here per hash).
 CONFIG = """
@@ -123,13 +130,7 @@ async def purge(made: Made, redis_prefix: str | None = None, dsn: str = AUTH_DSN
     finally:
         await conn.close()
     if redis_prefix:
-        client = aioredis.from_url(REDIS_URL)
-        try:
-            names = [n async for n in client.scan_iter(match=f"{redis_prefix}:*", count=1000)]
-            if names:
-                await client.delete(*names)
-        finally:
-            await client.aclose()
+        await purge_redis_prefix(redis_prefix)
 
 
 class Api:
@@ -186,10 +187,15 @@ def redis_prefix() -> str:
     return f"test:auth:{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-async def auth_api(tmp_path: Path, made: Made, redis_prefix: str) -> AsyncIterator[Api]:
-    """The auth service on PostgreSQL and Redis, in process."""
-    settings = make_settings(tmp_path, auth_config(redis_prefix), database_url=AUTH_DSN, redis_url=REDIS_URL)
+@contextlib.asynccontextmanager
+async def running_api(
+    tmp_path: Path, made: Made, redis_prefix: str, extra_config: str = ""
+) -> AsyncIterator[Api]:
+    """The auth service on PostgreSQL and Redis, in process; `extra_config` is appended
+    to its gateway.yaml. Its Redis keys are deleted afterwards."""
+    settings = make_settings(
+        tmp_path, auth_config(redis_prefix) + extra_config, database_url=AUTH_DSN, redis_url=REDIS_URL
+    )
     app = create_app(settings, process_metrics=False)
     async with (
         app.router.lifespan_context(app),
@@ -197,6 +203,13 @@ async def auth_api(tmp_path: Path, made: Made, redis_prefix: str) -> AsyncIterat
     ):
         yield Api(http, made)
     await purge(Made(), redis_prefix)
+
+
+@pytest.fixture
+async def auth_api(tmp_path: Path, made: Made, redis_prefix: str) -> AsyncIterator[Api]:
+    """The auth service on PostgreSQL and Redis, in process."""
+    async with running_api(tmp_path, made, redis_prefix) as api:
+        yield api
 
 
 @dataclasses.dataclass

@@ -10,16 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from services.auth import store
-from services.auth.app import create_app
 from services.auth.client import key_entry, key_hash, principal_of, user_entry
 from services.auth.database import PostgresDatabase, SqliteDatabase, migrations
 from services.kernel.migrations import migrate_postgres
-from tests.auth.conftest import AUTH_DSN, PASSWORD, Api, Made, auth_config, purge
-from tests.conftest import DATABASE_URL, REDIS_URL, make_settings, unique, with_search_path
+from tests.auth.conftest import PASSWORD, Api, Made, running_api
+from tests.conftest import DATABASE_URL, unique, with_search_path
 
 EU, US, AP = "eu-west", "us-east", "ap-south"
 REGIONS = f"region:\n  names: [{EU}, {US}, {AP}]\n"
@@ -28,16 +26,8 @@ REGIONS = f"region:\n  names: [{EU}, {US}, {AP}]\n"
 @pytest.fixture
 async def api(tmp_path: Path, made: Made, redis_prefix: str) -> AsyncIterator[Api]:
     """The auth service on PostgreSQL and Redis, with `region.names` configured."""
-    settings = make_settings(
-        tmp_path, auth_config(redis_prefix) + REGIONS, database_url=AUTH_DSN, redis_url=REDIS_URL
-    )
-    app = create_app(settings, process_metrics=False)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://auth") as http,
-    ):
-        yield Api(http, made)
-    await purge(Made(), redis_prefix)
+    async with running_api(tmp_path, made, redis_prefix, REGIONS) as api:
+        yield api
 
 
 async def record(api: Api, entry: str) -> dict[str, Any]:

@@ -21,12 +21,7 @@ from services.kernel.bearer import bearer_token
 from services.kernel.encoder import Encoder
 from services.kernel.errors import Unauthorized
 from services.kernel.principal import Principal
-from tests.conftest import REDIS_URL
-
-
-async def delete_prefix(client: aioredis.Redis, prefix: str) -> None:
-    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        await client.delete(key)
+from tests.conftest import REDIS_URL, delete_prefix
 
 
 @pytest.fixture

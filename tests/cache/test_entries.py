@@ -153,7 +153,7 @@ async def test_a_follower_that_fell_behind_the_trimmed_stream_is_told_to_rebuild
         result = await store.changes(fresh, 10)
         assert result is not None
     finally:
-        from tests.cache.conftest import delete_prefix
+        from tests.conftest import delete_prefix
 
         await delete_prefix(redis, prefix)
         await store.aclose()

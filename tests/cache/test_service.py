@@ -14,8 +14,7 @@ import pytest
 from services.cache import app as cache_app
 from services.cache.client import CacheClient, CacheUnavailable
 from services.kernel.encoder import Encoder
-from tests.cache.conftest import delete_prefix
-from tests.conftest import MASTER_KEY, REDIS_URL, make_settings
+from tests.conftest import MASTER_KEY, REDIS_URL, delete_prefix, make_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -16,7 +16,6 @@ import httpx
 import openai
 import pytest
 import pytest_asyncio
-import redis.asyncio as aioredis
 from openai import AsyncOpenAI
 
 from services.auth.app import create_app as create_auth
@@ -24,7 +23,15 @@ from services.kernel.config import build_catalog
 from services.kernel.stream import MemoryUsageStream
 from services.router import app as router_app
 from tests.auth.serving import serve
-from tests.conftest import DATABASE_URL, MASTER_KEY, REDIS_URL, make_settings, run_sql, with_search_path
+from tests.conftest import (
+    DATABASE_URL,
+    MASTER_KEY,
+    REDIS_URL,
+    make_settings,
+    purge_redis_prefix,
+    run_sql,
+    with_search_path,
+)
 from tests.regions.conftest import EU, UPSTREAM_KEY, UPSTREAM_KEY_ENV, US, config_text, served_by
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -55,13 +62,7 @@ async def gateway(tmp_path_factory, upstreams) -> AsyncIterator[dict[str, Any]]:
                 yield {"auth": http, "router": f"{router_url}/v1"}
     finally:
         await run_sql(f"DROP SCHEMA {schema} CASCADE")
-        client = aioredis.from_url(REDIS_URL)
-        try:
-            names = [n async for n in client.scan_iter(match=f"{prefix}:*", count=1000)]
-            if names:
-                await client.delete(*names)
-        finally:
-            await client.aclose()
+        await purge_redis_prefix(prefix)
 
 
 async def admin(gateway, method: str, path: str, body: Any = None, token: str = MASTER_KEY) -> Any:
