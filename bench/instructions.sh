@@ -21,7 +21,8 @@
 # load at native speed (a few dozen), not one by one.
 #
 # Knobs: CONNS (16), SECS (20), WARM (15), PORT_BASE (18400), SKIP_FLOOR (1: only the
-# gateway rows). Needs valgrind,
+# gateway rows), KEEP (a directory: the loaded dumps are copied there as
+# <row>.cg.out, for `callgrind_annotate --inclusive=yes KEEP/gateway.cg.out`). Needs valgrind,
 # nginx with the echo module and wrk (bench/run.sh installs the last two).
 set -euo pipefail
 
@@ -92,6 +93,10 @@ measure() {
     sleep 1
     t1=$EPOCHREALTIME
     busy=$(total "$dir")
+    if [[ -n ${KEEP:-} ]]; then
+        mkdir -p "$KEEP"
+        cp "$(ls -t "$dir"/cg.out.* | head -1)" "$KEEP/$name.cg.out"
+    fi
     callgrind_control -z "$pid" >/dev/null 2>&1
     sleep "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')"
     callgrind_control -d "$pid" >/dev/null 2>&1
