@@ -109,7 +109,13 @@ def create_app(
                 dead_letter_max=usage.dead_letter_max,
             )
         store = await open_store(settings, metrics.expired.inc)
-        consumer = UsageConsumer(usage_stream, store, metrics, name=socket.gethostname())
+        consumer = UsageConsumer(
+            usage_stream,
+            store,
+            metrics,
+            name=socket.gethostname(),
+            linger_ms=settings.config.usage.consumer_linger_ms,
+        )
         task = asyncio.create_task(consumer.run(), name="usage-consumer")
 
         async def maintain() -> None:

@@ -334,6 +334,8 @@ class UsageConfig(_Strict):
     # many are kept (the oldest go first).
     dead_letter_stream: str | None = Field(default=None, min_length=1)
     dead_letter_max: int = Field(default=100_000, ge=1, le=10_000_000)
+    # Analytics: once caught up, how long to let entries gather before the next read.
+    consumer_linger_ms: float = Field(default=100.0, ge=0, le=10_000)
 
 
 class ResilienceConfig(_Strict):

@@ -130,6 +130,41 @@ async def test_events_stay_pending_while_the_store_fails(redis, pg_schema):
         await redis.delete(name, f"{name}:dead")
 
 
+async def test_a_caught_up_consumer_lets_entries_gather_into_one_insert(redis, pg_schema):
+    """The first entry after a quiet spell is stored at once; the entries published
+    while the consumer lingers after it are read, inserted and acknowledged together."""
+    name, tag = unique("test:usage"), unique("linger")
+    store = await PostgresUsageStore.open(pg_schema)
+    stream = RedisUsageStream(redis, name, "analytics")
+    real_insert = store.insert
+    inserts: list[int] = []
+
+    async def counting_insert(events):
+        inserts.append(len(events))
+        return await real_insert(events)
+
+    store.insert = counting_insert  # type: ignore[method-assign]
+    consumer = UsageConsumer(
+        stream, store, ConsumerMetrics(CollectorRegistry()), name="c1", block_ms=50, linger_ms=2000
+    )
+    task = asyncio.create_task(consumer.run())
+    try:
+        await stream.ensure_group()
+        await stream.publish([orjson.dumps(make_event(tag, 0))])
+        assert await wait_rows(store.pool, tag, 1) == 1
+        for i in range(1, 6):  # five flushes of the router, well within the linger
+            await stream.publish([orjson.dumps(make_event(tag, i))])
+        assert await wait_rows(store.pool, tag, 6) == 6
+        await wait_settled(redis, name)
+        assert inserts == [1, 5]
+    finally:
+        consumer.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+        await redis.delete(name, f"{name}:dead")
+
+
 async def test_publisher_spools_while_redis_is_down_and_replays(redis, tmp_path):
     name, tag = unique("test:usage"), unique("spool")
     down = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
