@@ -109,7 +109,9 @@ async def measure(sizes: list[int], batches: int, warmup: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="1,10,40,200", help="events per entry, comma-separated")
     parser.add_argument("--batches", type=int, default=300, help="entries measured per size")
     parser.add_argument("--warmup", type=int, default=30, help="entries stored first, not measured")

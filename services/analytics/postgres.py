@@ -20,7 +20,7 @@ import orjson
 from services.analytics import partitions
 from services.analytics import postgres_completions as completions_sql
 from services.analytics.query import Dialect, Filters, Grouping, build, items
-from services.analytics.rollup import LAYERS, VALUES, Record, layer_deltas
+from services.analytics.rollup import LAYERS, VALUES, Record, RollupKey, layer_deltas
 from services.analytics.store import (
     LEGACY_BATCH,
     MAX_DIMENSIONS_CACHED,
@@ -33,7 +33,6 @@ from services.analytics.store import (
     StoredCompletion,
     StoreUnavailable,
     caller_of,
-    day_start,
     digest,
     legacy_after,
     legacy_event,
@@ -49,54 +48,62 @@ from services.kernel.config import RetentionConfig
 from services.kernel.migrations import migrate_postgres
 from services.kernel.usage import UsageEvent
 
-_RECORD_TYPES = {
-    "created_at": "timestamptz",
-    "event_hash": "bigint",
-    "caller": "integer",
-    "route": "integer",
-    "prompt_tokens": "integer",
-    "completion_tokens": "integer",
-    "latency_ms": "real",
-    "status": "smallint",
-    "flags": "smallint",
-    "attempts": "smallint",
-    "cached_tokens": "integer",
-    "reasoning_tokens": "integer",
-    "ttft_ms": "real",
-    "cost": "float8",
-    "saved_cost": "float8",
-    "error_code": "text",
-    "request_id": "text",
-}
+# The rows travel as one JSON parameter, as the roll-ups' do: asyncpg encoding seventeen
+# arrays element by element (an abstract-class check on each) cost more than the rest of
+# the insert's Python (measured with bench/analytics_consumer.py).
 _INSERT_RECORDS = (
-    f"INSERT INTO usage_records ({', '.join(RECORD_COLUMNS)}) SELECT * FROM unnest("
-    + ", ".join(f"${i}::{_RECORD_TYPES[c]}[]" for i, c in enumerate(RECORD_COLUMNS, 1))
-    + ") ON CONFLICT DO NOTHING RETURNING created_at, event_hash"
+    f"INSERT INTO usage_records ({', '.join(RECORD_COLUMNS)}) SELECT {', '.join(RECORD_COLUMNS)}"
+    " FROM json_populate_recordset(NULL::usage_records, $1::json)"
+    " ON CONFLICT DO NOTHING RETURNING created_at, event_hash"
 )
 
 
 _ROLLUP_COLUMNS = ("bucket", "caller", "route", "class", *VALUES)
 
 
-def _upsert(table: str) -> str:
+def _upsert(table: str, param: int) -> str:
     # The deltas travel as one JSON parameter: asyncpg encoding some sixty arrays element
     # by element was most of an insert's time (measured); PostgreSQL unpacks JSON in C.
     # In key order, so two consumers adding to the same rows lock them in the same order.
     columns = ", ".join(_ROLLUP_COLUMNS)
     return (
         f"INSERT INTO {table} ({columns}) SELECT {columns}"
-        f" FROM json_populate_recordset(NULL::{table}, $1::json) ORDER BY bucket, caller, route, class"
+        f" FROM json_populate_recordset(NULL::{table}, ${param}::json) ORDER BY bucket, caller, route, class"
         " ON CONFLICT (bucket, caller, route, class) DO UPDATE SET "
         + ", ".join(f"{v} = {table}.{v} + excluded.{v}" for v in VALUES)
     )
 
 
-_UPSERTS = {layer: _upsert(f"usage_{layer}") for layer in LAYERS}
+# The three layers in one statement (one round trip), each layer's deltas a parameter
+# (an empty list when none). Every consumer runs this same statement, so the tables are
+# always locked in the same order too.
+_LAYER_NAMES = tuple(LAYERS)
+_UPSERT_LAYERS = (
+    "WITH "
+    + ", ".join(
+        f"{layer} AS ({_upsert(f'usage_{layer}', i)})" for i, layer in enumerate(_LAYER_NAMES[:-1], 1)
+    )
+    + f" {_upsert(f'usage_{_LAYER_NAMES[-1]}', len(_LAYER_NAMES))}"
+)
 _DIALECT = Dialect("postgres")
 
 
 def _time(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
+
+
+def _rollup_json(rows: dict[RollupKey, list[float]]) -> str:
+    """A layer's deltas as the JSON its upsert reads, in key order."""
+    return orjson.dumps(
+        [
+            dict(zip(_ROLLUP_COLUMNS, (_time(k[0]), k[1], k[2], k[3], *rows[k]), strict=True))
+            for k in sorted(rows)
+        ]
+    ).decode()
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    return None
 
 
 class PostgresUsageStore:
@@ -116,7 +123,12 @@ class PostgresUsageStore:
     ) -> PostgresUsageStore:
         # No JIT: the roll-up queries are short, and compiling their many aggregates took
         # longer (tens of ms) than running them (measured in bench/analytics_store.py).
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, server_settings={"jit": "off"})
+        # No reset query when a connection goes back to the pool (a round trip per insert):
+        # the store sets no session state, takes only transaction-scoped advisory locks,
+        # opens no cursors and listens to nothing. An open transaction is still rolled back.
+        pool = await asyncpg.create_pool(
+            dsn, min_size=1, max_size=4, server_settings={"jit": "off"}, reset=_keep_session
+        )
         store = cls(pool, retention or RetentionConfig(), on_expired)
         await store.migrate()
         return store
@@ -190,17 +202,13 @@ class PostgresUsageStore:
                 for e in kept:
                     record = to_record(e, self._callers[caller_of(e)], self._routes[route_of(e)])
                     records.setdefault((_time(record.created_at), record.event_hash), record)
-                needed = {("usage_records", month_start(r.created_at)) for r in records.values()}
-                needed |= {
-                    ("usage_minute", day_start(r.created_at))
-                    for r in records.values()
-                    if r.created_at >= horizons.minute
-                }
-                needed |= {
-                    ("usage_hour", month_start(r.created_at))
-                    for r in records.values()
-                    if r.created_at >= horizons.hour
-                }
+                needed: set[tuple[str, int]] = set()
+                for day in {int(r.created_at) // 86400 * 86400 for r in records.values()}:
+                    needed.add(("usage_records", month_start(day)))
+                    if day >= horizons.minute:
+                        needed.add(("usage_minute", day))
+                    if day >= horizons.hour:
+                        needed.add(("usage_hour", month_start(day)))
                 await self._ensure(conn, needed)
                 async with conn.transaction():
                     return await self._insert(conn, records, horizons)
@@ -218,21 +226,16 @@ class PostgresUsageStore:
     async def _insert(
         self, conn: asyncpg.Connection, records: dict[tuple[datetime, int], Record], horizons: Horizons
     ) -> int:
-        columns: list[list[Any]] = [[] for _ in RECORD_COLUMNS]
-        for (created, _), r in records.items():
-            values = record_values(r, created, r.event_hash)
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
-        inserted = await conn.fetch(_INSERT_RECORDS, *columns)
+        rows = [
+            dict(zip(RECORD_COLUMNS, record_values(r, created, r.event_hash), strict=True))
+            for (created, _), r in records.items()
+        ]
+        inserted = await conn.fetch(_INSERT_RECORDS, orjson.dumps(rows).decode())
         fresh = [records[(row["created_at"], row["event_hash"])] for row in inserted]
-        for layer, rows in layer_deltas(fresh, horizons.floor).items():
-            if not rows:
-                continue
-            batch = [
-                dict(zip(_ROLLUP_COLUMNS, (_time(k[0]), k[1], k[2], k[3], *rows[k]), strict=True))
-                for k in sorted(rows)
-            ]
-            await conn.execute(_UPSERTS[layer], orjson.dumps(batch).decode())
+        if not fresh:
+            return 0
+        deltas = layer_deltas(fresh, horizons.floor)
+        await conn.execute(_UPSERT_LAYERS, *(_rollup_json(deltas[layer]) for layer in _LAYER_NAMES))
         return len(fresh)
 
     # -- queries ----------------------------------------------------------------------

@@ -48,7 +48,9 @@ FLOAT_VALUES = frozenset({"cost", "saved_cost", "latency_sum", "ttft_sum"})
 CACHED, STREAM, ESTIMATED, SEMANTIC = 1, 2, 4, 8
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each of its seventeen fields through
+# object.__setattr__, and one is built per stored event (a third of `to_record`).
+@dataclasses.dataclass(slots=True)
 class Record:
     """One event as stored: dimensions resolved to ids, flags packed."""
 
