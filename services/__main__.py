@@ -19,6 +19,8 @@ from services.kernel.service import ServiceApp
 from services.kernel.settings import Settings
 from services.kernel.supervisor import supervise
 
+log = logging.getLogger("gateway")
+
 SERVICES = {
     "gateway": ("services.gateway", 8080),
     "router": ("services.router.app", 8080),
@@ -64,6 +66,16 @@ def _prepare_embedded_storage(settings: Settings) -> None:
         await accounts.close()
 
     asyncio.run(migrate())
+
+
+def _lower_priority(increment: int) -> None:
+    """Background work yields the CPU to request handling on a shared host (analytics.nice)."""
+    try:
+        niceness = os.nice(increment)
+    except OSError as exc:  # not permitted by the platform or a seccomp profile: run as started
+        log.warning("could not lower the process's CPU priority", extra={"error": str(exc)})
+        return
+    log.info("CPU priority lowered", extra={"nice": niceness})
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -118,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.service, settings.log_level)
+    if args.service == "analytics" and settings.config.analytics.nice:
+        _lower_priority(settings.config.analytics.nice)
     port = args.port if args.port is not None else default_port
     options = ServerOptions(
         service=args.service,

@@ -376,6 +376,10 @@ class AnalyticsConfig(_Strict):
     # `retention.events_months`); off, the field is accepted and nothing is stored.
     store_completions: bool = True
     max_stored_bytes: int = Field(default=4 << 20, ge=1024, le=64 << 20)  # request + answer
+    # The analytics process lowers its CPU priority by this much (os.nice) when it starts:
+    # it stores usage in the background, so on a core it shares with the router its
+    # batches wait for requests, not the other way round. 0 leaves the priority alone.
+    nice: int = Field(default=10, ge=0, le=19)
 
 
 class TracingConfig(_Strict):
