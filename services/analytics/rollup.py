@@ -12,9 +12,9 @@ new (duplicates add nothing), and upserted in the same transaction as the events
 
 from __future__ import annotations
 
-import dataclasses
 import operator
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from services.analytics.histogram import BUCKETS, bucket_of
 
@@ -48,11 +48,12 @@ FLOAT_VALUES = frozenset({"cost", "saved_cost", "latency_sum", "ttft_sum"})
 CACHED, STREAM, ESTIMATED, SEMANTIC = 1, 2, 4, 8
 
 
-# Not frozen: a frozen dataclass sets each of its seventeen fields through
-# object.__setattr__, and one is built per stored event (a third of `to_record`).
-@dataclasses.dataclass(slots=True)
-class Record:
-    """One event as stored: dimensions resolved to ids, flags packed."""
+class Record(NamedTuple):
+    """One event as stored: dimensions resolved to ids, flags packed.
+
+    A named tuple: one is built per stored event, positionally cheaper than a dataclass's
+    `__init__` (a frozen one sets each field through `object.__setattr__`), and the writers
+    unpack it in one step instead of reading its fields one by one."""
 
     created_at: float
     event_hash: int
