@@ -79,24 +79,26 @@ def _insert_records(rows: int, *, returning: bool) -> str:
 
 def _row(r: Record) -> tuple[Any, ...]:
     """A record as `_insert_records` binds it: the columns of `record_values`, stand-ins for None."""
+    (created_at, event_hash, caller, route, status, flags, attempts, prompt, completion, cached, reasoning,
+     latency, ttft, cost, saved_cost, error_code, request_id) = r  # fmt: skip
     return (
-        r.created_at,
-        r.event_hash,
-        r.caller,
-        r.route,
-        r.prompt_tokens,
-        r.completion_tokens,
-        r.latency_ms,
-        r.status,
-        r.flags,
-        r.attempts,
-        r.cached_tokens,
-        r.reasoning_tokens,
-        "" if r.ttft_ms is None else r.ttft_ms,
-        "" if r.cost is None else r.cost,
-        "" if r.saved_cost is None else r.saved_cost,
-        0 if r.error_code is None else r.error_code,
-        r.request_id,
+        created_at,
+        event_hash,
+        caller,
+        route,
+        prompt,
+        completion,
+        latency,
+        status,
+        flags,
+        attempts,
+        cached,
+        reasoning,
+        "" if ttft is None else ttft,
+        "" if cost is None else cost,
+        "" if saved_cost is None else saved_cost,
+        0 if error_code is None else error_code,
+        request_id,
     )
 
 
@@ -161,12 +163,12 @@ class SqliteUsageStore:
 
     # -- insert -----------------------------------------------------------------------
 
-    def _ids(self, events: Sequence[UsageEvent]) -> None:
+    def _ids(self, callers: list[CallerKey], routes: list[RouteKey]) -> None:
         if len(self._callers) > MAX_DIMENSIONS_CACHED:
             self._callers.clear()
         if len(self._routes) > MAX_DIMENSIONS_CACHED:
             self._routes.clear()
-        for key in sorted({caller_of(e) for e in events} - self._callers.keys()):
+        for key in sorted(set(callers) - self._callers.keys()):
             d = digest(*key)
             self.conn.execute(
                 "INSERT INTO usage_callers (digest, key_id, team_id) VALUES (?, ?, ?)"
@@ -176,7 +178,7 @@ class SqliteUsageStore:
             self._callers[key] = self.conn.execute(
                 "SELECT id FROM usage_callers WHERE digest = ?", (d,)
             ).fetchone()[0]
-        for route in sorted({route_of(e) for e in events} - self._routes.keys()):
+        for route in sorted(set(routes) - self._routes.keys()):
             d = digest(*route)
             self.conn.execute(
                 "INSERT INTO usage_routes (digest, endpoint, model, provider, upstream_model, deployment,"
@@ -196,10 +198,12 @@ class SqliteUsageStore:
         rows (RETURNING, which costs about a tenth of the write)."""
         self.conn.execute("BEGIN")
         try:
-            self._ids(events)
+            callers, routes = [caller_of(e) for e in events], [route_of(e) for e in events]
+            self._ids(callers, routes)
+            ids, route_ids = self._callers, self._routes
             records: dict[tuple[float, int], Record] = {}
-            for e in events:
-                r = to_record(e, self._callers[caller_of(e)], self._routes[route_of(e)])
+            for e, caller, route in zip(events, callers, routes, strict=True):
+                r = to_record(e, ids[caller], route_ids[route])
                 records.setdefault((r.created_at, r.event_hash), r)
             keys = list(records)  # distinct: a chunk cannot hold a row twice
             rows = [_row(r) for r in records.values()]
