@@ -35,6 +35,7 @@ async def test_a_batch_of_several_chunks_with_redelivered_and_repeated_events(tm
         earlier = [make_event(tag, i) for i in range(20)]
         assert await store.insert(earlier) == 20
         new = [make_event(tag, i, prompt_tokens=1000 + i) for i in range(20, size)]
+        new[-1]["key_id"] = f"{tag}-other"  # a caller first seen in the batch that is written twice
         # The old events are spread over the chunks, one new event comes twice.
         batch = [*new, *earlier, new[5]]
         random.Random(7).shuffle(batch)
@@ -47,7 +48,9 @@ async def test_a_batch_of_several_chunks_with_redelivered_and_repeated_events(tm
         assert stored(path) == size
         assert rollup_requests(path, "minute") == (size, size)
         [row] = await store.events(f"{tag}-{size - 1}", 5)
-        assert row["prompt_tokens"] == 1000 + size - 1
+        assert (row["prompt_tokens"], row["key_id"]) == (1000 + size - 1, f"{tag}-other")
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT count(*) FROM usage_callers").fetchone()[0] == 2
     finally:
         await store.close()
 
