@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.kernel.config import Deployment
-from services.router.requeststats import LATENCY_BUCKETS as _LATENCY_BUCKETS
 from services.router.requeststats import RequestStats
 
 if TYPE_CHECKING:
@@ -78,12 +77,6 @@ class RouterMetrics:
             ["service"],
             registry=registry,
         )
-        self.attempts = Counter(
-            "gateway_upstream_attempts_total",
-            "Tries of a deployment, by the status they ended with",
-            ["provider", "deployment", "status"],
-            registry=registry,
-        )
         self.retries = Counter(
             "gateway_upstream_retries_total",
             "Tries of the same deployment again after a backoff",
@@ -135,20 +128,6 @@ class RouterMetrics:
             ["result"],
             registry=registry,
         )
-        self.upstream_duration = Histogram(
-            "gateway_upstream_request_duration_seconds",
-            "Time of one upstream attempt, by provider, deployment and outcome (ok, error)",
-            ["provider", "deployment", "outcome"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.deployment_ttft = Histogram(
-            "gateway_deployment_time_to_first_token_seconds",
-            "Streaming: time from request to the first chunk sent, by provider and deployment",
-            ["provider", "deployment"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
         self.admission_rejections = Counter(
             "gateway_admission_rejections_total",
             "Requests refused before any upstream call by rate limits or budgets, by reason",
@@ -171,12 +150,13 @@ class RouterMetrics:
             usage.prompt_tokens,
             usage.completion_tokens,
         )
+        stats = self.stats
         for attempt in ex.attempts:
             d = attempt.deployment
             outcome = "ok" if 200 <= attempt.status < 300 else "error"
-            self._child(self.upstream_duration, d.provider, d.name, outcome).observe(attempt.seconds)
+            stats.upstream_duration(d.provider, d.name, outcome, attempt.seconds)
         if ttft is not None and dep is not None and ex.cache is None:
-            self._child(self.deployment_ttft, dep.provider, dep.name).observe(ttft)
+            stats.deployment_ttft(dep.provider, dep.name, ttft)
         if ex.status == 429 and not ex.attempts and ex.cache is None:
             self._child(self.admission_rejections, _REJECTIONS.get(ex.error_code or "", "other")).inc()
 
@@ -205,7 +185,7 @@ class RouterMetrics:
         return child
 
     def attempt(self, dep: Deployment, status: int) -> None:
-        self._child(self.attempts, dep.provider, dep.name, status_label(status)).inc()
+        self.stats.attempt(dep.provider, dep.name, status_label(status))
 
     def circuit(self, dep: Deployment, state: str) -> None:
         self.circuit_state.labels(dep.provider, dep.name).set(CIRCUIT_STATES[state])
