@@ -8,7 +8,7 @@ the page from 9 KB to 10 MB).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -77,6 +77,11 @@ class RouterMetrics:
             ["service"],
             registry=registry,
         )
+        self.attempts = self.stats.tally(
+            "gateway_upstream_attempts",
+            "Tries of a deployment, by the status they ended with",
+            ["provider", "deployment", "status"],
+        )
         self.retries = Counter(
             "gateway_upstream_retries_total",
             "Tries of the same deployment again after a backoff",
@@ -104,37 +109,31 @@ class RouterMetrics:
             ["reason"],
             registry=registry,
         )
-        self.cost = Counter(
-            "gateway_cost_total",
+        self.cost = self.stats.tally(
+            "gateway_cost",
             "What answered requests cost, in the configured price's currency (USD by convention)",
             ["model", "provider"],
-            registry=registry,
         )
-        self.saved_cost = Counter(
-            "gateway_saved_cost_total",
+        self.saved_cost = self.stats.tally(
+            "gateway_saved_cost",
             "What cache hits would have cost upstream",
             ["model"],
-            registry=registry,
         )
-        self.unpriced = Counter(
-            "gateway_unpriced_requests_total",
+        self.unpriced = self.stats.tally(
+            "gateway_unpriced_requests",
             "Requests whose deployment has no configured price (their cost is unknown, not zero)",
             ["model"],
-            registry=registry,
         )
-        self.cache_results = Counter(
-            "gateway_cache_requests_total",
+        self.cache_results = self.stats.tally(
+            "gateway_cache_requests",
             "Chat requests looked up in the response cache, by result: exact, semantic, miss",
             ["result"],
-            registry=registry,
         )
-        self.admission_rejections = Counter(
-            "gateway_admission_rejections_total",
+        self.admission_rejections = self.stats.tally(
+            "gateway_admission_rejections",
             "Requests refused before any upstream call by rate limits or budgets, by reason",
             ["reason"],
-            registry=registry,
         )
-        self._children: dict[tuple[Any, ...], Any] = {}  # label children, looked up once each
 
     def record(self, ex: Exchange, latency: float, ttft: float | None) -> None:
         """Count one finished model request."""
@@ -158,7 +157,7 @@ class RouterMetrics:
         if ttft is not None and dep is not None and ex.cache is None:
             stats.deployment_ttft(dep.provider, dep.name, ttft)
         if ex.status == 429 and not ex.attempts and ex.cache is None:
-            self._child(self.admission_rejections, _REJECTIONS.get(ex.error_code or "", "other")).inc()
+            self.admission_rejections.add((_REJECTIONS.get(ex.error_code or "", "other"),))
 
     def account(self, ex: Exchange, cost: float | None, saved: float | None, cache_enabled: bool) -> None:
         """Cost and cache outcome of a settled request (label values from configuration)."""
@@ -168,24 +167,16 @@ class RouterMetrics:
         dep = ex.deployment
         if cost is None:
             if ex.status == 200:
-                self._child(self.unpriced, model).inc()
+                self.unpriced.add((model,))
         elif cost:
-            self._child(self.cost, model, dep.provider if dep is not None else NONE).inc(cost)
+            self.cost.add((model, dep.provider if dep is not None else NONE), cost)
         if saved:
-            self._child(self.saved_cost, model).inc(saved)
+            self.saved_cost.add((model,), saved)
         if cache_enabled and ex.endpoint == "chat.completions" and (ex.cache is not None or ex.status == 200):
-            self._child(self.cache_results, ex.cache if ex.cache in ("exact", "semantic") else "miss").inc()
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """The labelled child, looked up once per combination (label values are bounded)."""
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+            self.cache_results.add((ex.cache if ex.cache in ("exact", "semantic") else "miss",))
 
     def attempt(self, dep: Deployment, status: int) -> None:
-        self.stats.attempt(dep.provider, dep.name, status_label(status))
+        self.attempts.add((dep.provider, dep.name, status_label(status)))
 
     def circuit(self, dep: Deployment, state: str) -> None:
         self.circuit_state.labels(dep.provider, dep.name).set(CIRCUIT_STATES[state])

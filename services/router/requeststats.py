@@ -41,6 +41,27 @@ class _Histogram:
         return out
 
 
+class Tally:
+    """A labelled counter kept as plain numbers: `add` is one dictionary update."""
+
+    __slots__ = ("documentation", "labels", "name", "values")
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        self.name = name  # without `_total`, which the exposition adds
+        self.documentation = documentation
+        self.labels = labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def add(self, key: tuple[str, ...], amount: float = 1) -> None:
+        self.values[key] = self.values.get(key, 0) + amount
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, value in list(self.values.items()):
+            family.add_metric(list(key), value)
+        return family
+
+
 class RequestStats(Collector):
     """Counters and histograms of finished model requests, exposed as Prometheus families."""
 
@@ -50,15 +71,16 @@ class RequestStats(Collector):
         self.ttfts: dict[str, _Histogram] = {}
         self.tokens: dict[tuple[str, str], int] = {}
         self.in_flight = 0
-        # Upstream tries: (provider, deployment, status label) and (provider, deployment, outcome).
-        self.attempts: dict[tuple[str, str, str], int] = {}
+        # Upstream tries, by (provider, deployment, outcome), and first tokens by (provider, deployment).
         self.upstream: dict[tuple[str, str, str], _Histogram] = {}
         self.deployment_ttfts: dict[tuple[str, str], _Histogram] = {}
+        self.tallies: list[Tally] = []
 
-    def attempt(self, provider: str, deployment: str, status: str) -> None:
-        """One try of a deployment ended with `status` (a bounded label)."""
-        key = (provider, deployment, status)
-        self.attempts[key] = self.attempts.get(key, 0) + 1
+    def tally(self, name: str, documentation: str, labels: list[str]) -> Tally:
+        """A counter exposed with these families (`name` without `_total`)."""
+        counter = Tally(name, documentation, labels)
+        self.tallies.append(counter)
+        return counter
 
     def upstream_duration(self, provider: str, deployment: str, outcome: str, seconds: float) -> None:
         key = (provider, deployment, outcome)
@@ -137,14 +159,8 @@ class RequestStats(Collector):
         yield GaugeMetricFamily(
             "gateway_requests_in_flight", "Model requests being answered now", value=self.in_flight
         )
-        attempts = CounterMetricFamily(
-            "gateway_upstream_attempts",
-            "Tries of a deployment, by the status they ended with",
-            labels=["provider", "deployment", "status"],
-        )
-        for tried, count in list(self.attempts.items()):
-            attempts.add_metric(list(tried), count)
-        yield attempts
+        for counter in self.tallies:
+            yield counter.family()
         upstream = HistogramMetricFamily(
             "gateway_upstream_request_duration_seconds",
             "Time of one upstream attempt, by provider, deployment and outcome (ok, error)",
