@@ -416,8 +416,15 @@ class NativeTransport:
             timer = loop.call_later(first, self._timed_out, conn, which, first)
             try:
                 conn.start(data, streaming=streaming)
+                # `conn.wait()` inlined: the answer usually comes in one read, so one wait.
                 while not conn.headers_done:
-                    await conn.wait()
+                    if conn.error is not None:
+                        raise conn.error
+                    conn.waiter = loop.create_future()
+                    try:
+                        await conn.waiter
+                    finally:
+                        conn.waiter = None
                 if not streaming and not conn.complete:
                     timer.cancel()
                     timer = loop.call_at(deadline, self._timed_out, conn, "total", t.total)
