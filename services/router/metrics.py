@@ -34,8 +34,14 @@ _REJECTIONS = {
 }
 
 
+_STATUS_LABELS = {status: str(status) for status in _STATUSES}
+
+
 def status_label(status: int) -> str:
-    return str(status) if status in _STATUSES else ("other_4xx" if 400 <= status < 500 else "other")
+    label = _STATUS_LABELS.get(status)
+    if label is not None:
+        return label
+    return "other_4xx" if 400 <= status < 500 else "other"
 
 
 class RouterMetrics:
@@ -142,7 +148,7 @@ class RouterMetrics:
         self.stats.record(
             ex.endpoint,
             ex.route.model if ex.route is not None else NONE,
-            dep.config.provider if dep is not None else NONE,
+            dep.provider if dep is not None else NONE,
             status_label(ex.status),
             latency,
             ttft,
