@@ -297,7 +297,10 @@ class Relay:
             assembler.add(chunk)
         if ex.first_byte_at is None and any(chunk.get("choices") for chunk in chunks):
             ex.first_byte_at = time.perf_counter()
-        return writer.chunks(chunks, raw)
+        out = writer.chunks(chunks, raw)
+        if raw:  # a writer that does not send chunks as received (Messages) leaves them here
+            raw.clear()
+        return out
 
 
 def replay(completion: dict[str, Any], include_usage: bool) -> bytes:

@@ -1,13 +1,17 @@
 """The OpenAI-compatible adapter is pure translation: tested on recorded payloads, no network."""
 
+from types import SimpleNamespace
+
 import orjson
 import pytest
 from multidict import CIMultiDict
 
 from services.kernel.errors import InvalidRequest, RateLimited, UpstreamError
 from services.router.dialect import OpenAIStreamWriter
+from services.router.messages import MessagesStreamWriter
 from services.router.providers.base import HttpResponse
 from services.router.providers.openai import OpenAIAdapter
+from services.router.relay import ChatAssembler, Relay
 from tests.unit.deployments import OPENAI
 
 ADAPTER = OpenAIAdapter()
@@ -209,3 +213,20 @@ def test_a_redirect_is_reported_not_followed():
 def test_non_json_success_is_an_upstream_error():
     with pytest.raises(UpstreamError):
         ADAPTER.chat_response(OPENAI, response(200, content=b"<html>", headers={"content-type": "text/html"}))
+
+
+def test_chunks_a_writer_does_not_send_as_received_are_not_kept():
+    """The Messages dialect rewrites every chunk: the bytes kept for the OpenAI writer are
+    dropped after each read, so a long stream does not hold them all until it ends."""
+    decoder = ADAPTER.chat_stream(OPENAI)
+    frame = (
+        b'data: {"id":"c","object":"chat.completion.chunk",'
+        b'"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+    )
+    exchange = SimpleNamespace(first_byte_at=None)
+    writer = MessagesStreamWriter()
+    for _ in range(3):
+        chunks = decoder.feed(frame * 4)
+        out = Relay._frames(exchange, chunks, ChatAssembler(), writer, decoder.raw)  # type: ignore[arg-type]
+        assert b"content_block_delta" in out
+        assert decoder.raw == {}
