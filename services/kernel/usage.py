@@ -251,15 +251,10 @@ def decode_event(raw: bytes) -> UsageEvent:
         raise BadEvent(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadEvent("not an object")
-    if data.keys() == FIELDS.keys():
-        # As the router writes events: every field and no other, so `data` is the event
-        # (no copy, no default to fill in). This runs for every event analytics stores.
-        for name, spec in FIELDS.items():
-            reason = spec.check(data[name])
-            if reason is not None:
-                raise BadEvent(f"field {name} {reason}")
-        return data  # type: ignore[return-value]
-    event: dict[str, Any] = {}
+    # As the router writes events: every field and no other, so `data` is the event (no
+    # copy, no default to fill in). This runs for every event analytics stores.
+    complete = data.keys() == FIELDS.keys()
+    event: dict[str, Any] = data if complete else {}
     get = data.get
     for name, default, kind, low, high, nullable, check in _plans[0] if _plans else _current_plan():
         value = get(name, _REQUIRED)
@@ -282,5 +277,6 @@ def decode_event(raw: bytes) -> UsageEvent:
             reason = check(value)
             if reason is not None:
                 raise BadEvent(f"field {name} {reason}")
-        event[name] = value
+        if not complete:
+            event[name] = value
     return event  # type: ignore[return-value]
