@@ -12,9 +12,9 @@ new (duplicates add nothing), and upserted in the same transaction as the events
 
 from __future__ import annotations
 
-import dataclasses
 import operator
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from services.analytics.histogram import BUCKETS, bucket_of
 
@@ -48,11 +48,12 @@ FLOAT_VALUES = frozenset({"cost", "saved_cost", "latency_sum", "ttft_sum"})
 CACHED, STREAM, ESTIMATED, SEMANTIC = 1, 2, 4, 8
 
 
-# Not frozen: a frozen dataclass sets each of its seventeen fields through
-# object.__setattr__, and one is built per stored event (a third of `to_record`).
-@dataclasses.dataclass(slots=True)
-class Record:
-    """One event as stored: dimensions resolved to ids, flags packed."""
+class Record(NamedTuple):
+    """One event as stored: dimensions resolved to ids, flags packed.
+
+    A named tuple: one is built per stored event, positionally cheaper than a dataclass's
+    `__init__` (a frozen one sets each field through `object.__setattr__`), and the writers
+    unpack it in one step instead of reading its fields one by one."""
 
     created_at: float
     event_hash: int
@@ -125,33 +126,36 @@ def deltas_of_callers(records: Iterable[Record], width: int) -> dict[RollupKey, 
     out: dict[RollupKey, list[float]] = {}
     n_counters = len(COUNTERS)
     for r in records:
-        key = (int(r.created_at // width) * width, r.caller, r.route, r.status // 100)
+        # Unpacked once: cheaper than a dozen attribute reads (it runs for every event).
+        (created_at, _, caller, route, status, flags, _, prompt, completion, cached, reasoning, latency, ttft,
+         cost, saved_cost, _, _) = r  # fmt: skip
+        key = (int(created_at // width) * width, caller, route, status // 100)
         row = out.get(key)
         if row is None:
             row = out[key] = [0] * len(VALUES)
         row[0] += 1
-        row[1] += r.prompt_tokens
-        row[2] += r.completion_tokens
-        row[3] += r.cached_tokens
-        row[4] += r.reasoning_tokens
-        if r.cost is None:
+        row[1] += prompt
+        row[2] += completion
+        row[3] += cached
+        row[4] += reasoning
+        if cost is None:
             row[6] += 1
         else:
-            row[5] += r.cost
-        if r.saved_cost is not None:
-            row[7] += r.saved_cost
-        if r.flags & CACHED:
+            row[5] += cost
+        if saved_cost is not None:
+            row[7] += saved_cost
+        if flags & CACHED:
             row[8] += 1
-            if r.flags & SEMANTIC:
+            if flags & SEMANTIC:
                 row[9] += 1
-        if r.flags & ESTIMATED:
+        if flags & ESTIMATED:
             row[10] += 1
-        if r.flags & STREAM:
+        if flags & STREAM:
             row[11] += 1
-        row[12] += r.latency_ms
-        row[n_counters + bucket_of(r.latency_ms)] += 1
-        if r.ttft_ms is not None:
-            row[13] += r.ttft_ms
+        row[12] += latency
+        row[n_counters + bucket_of(latency)] += 1
+        if ttft is not None:
+            row[13] += ttft
             row[14] += 1
-            row[n_counters + BUCKETS + bucket_of(r.ttft_ms)] += 1
+            row[n_counters + BUCKETS + bucket_of(ttft)] += 1
     return out

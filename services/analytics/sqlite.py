@@ -36,7 +36,6 @@ from services.analytics.store import (
     legacy_event,
     legacy_progress,
     migrations,
-    record_values,
     refused,
     route_of,
     stored_completion,
@@ -48,16 +47,67 @@ from services.kernel.usage import UsageEvent
 
 T = TypeVar("T")
 _DIALECT = Dialect("sqlite")
-_INSERT_RECORD = (
-    f"INSERT INTO usage_records ({', '.join(RECORD_COLUMNS)}) SELECT "
-    # The hash travels as text: SQLite's JSON reads a large integer as a float.
-    + ", ".join(
-        "CAST(value ->> 1 AS INTEGER)" if i == 1 else f"value ->> {i}" for i in range(len(RECORD_COLUMNS))
+# Rows per INSERT: a batch goes in as a few statements of these sizes (largest first), so
+# that only these few stay prepared in the statement cache, whatever the batch size.
+_CHUNKS = (64, 16, 4, 1)
+
+
+# No row binds None: the sqlite3 module binds it only after failing to adapt it (an
+# exception raised and cleared per value), which costs more than the rest of the row. A
+# stand-in that never equals a real value is bound instead, and made NULL again here:
+# text ('') for a number, an integer (0) for text. Zero cached and reasoning counts are
+# stored as NULL anyway (see `record_values`).
+_NULL_IF = {
+    "cached_tokens": "0",
+    "reasoning_tokens": "0",
+    "ttft_ms": "''",
+    "cost": "''",
+    "saved_cost": "''",
+    "error_code": "0",
+}
+
+
+def _insert_records(rows: int, *, returning: bool) -> str:
+    one = ", ".join(f"nullif(?, {_NULL_IF[c]})" if c in _NULL_IF else "?" for c in RECORD_COLUMNS)
+    sql = (
+        f"INSERT INTO usage_records ({', '.join(RECORD_COLUMNS)}) VALUES {', '.join([f'({one})'] * rows)}"
+        " ON CONFLICT DO NOTHING"
     )
-    + " FROM json_each(?) WHERE true ON CONFLICT DO NOTHING"
-    # (The hash as text again: returned as a number, it comes back rounded to a float.)
-    " RETURNING created_at, printf('%d', event_hash)"
-)
+    # `+ 0`: SQLite 3.40 returns the bare column as a float, which rounds a 64-bit hash.
+    return sql + " RETURNING created_at, event_hash + 0" if returning else sql
+
+
+def _row(r: Record) -> tuple[Any, ...]:
+    """A record as `_insert_records` binds it: the columns of `record_values`, stand-ins for None."""
+    (created_at, event_hash, caller, route, status, flags, attempts, prompt, completion, cached, reasoning,
+     latency, ttft, cost, saved_cost, error_code, request_id) = r  # fmt: skip
+    return (
+        created_at,
+        event_hash,
+        caller,
+        route,
+        prompt,
+        completion,
+        latency,
+        status,
+        flags,
+        attempts,
+        cached,
+        reasoning,
+        "" if ttft is None else ttft,
+        "" if cost is None else cost,
+        "" if saved_cost is None else saved_cost,
+        0 if error_code is None else error_code,
+        request_id,
+    )
+
+
+_INSERT_RECORDS = {rows: _insert_records(rows, returning=False) for rows in _CHUNKS}
+_INSERT_RETURNING = {rows: _insert_records(rows, returning=True) for rows in _CHUNKS}
+
+
+class _Redelivered(Exception):
+    """Some rows of the batch are stored already: the batch is written again, learning which."""
 
 
 def _upsert(table: str) -> str:
@@ -70,10 +120,6 @@ def _upsert(table: str) -> str:
 
 
 _UPSERTS = {layer: _upsert(f"usage_{layer}") for layer in LAYERS}
-
-
-def _row(r: Record) -> tuple[Any, ...]:
-    return record_values(r, r.created_at, str(r.event_hash))
 
 
 class SqliteUsageStore:
@@ -117,12 +163,12 @@ class SqliteUsageStore:
 
     # -- insert -----------------------------------------------------------------------
 
-    def _ids(self, events: Sequence[UsageEvent]) -> None:
+    def _ids(self, callers: list[CallerKey], routes: list[RouteKey]) -> None:
         if len(self._callers) > MAX_DIMENSIONS_CACHED:
             self._callers.clear()
         if len(self._routes) > MAX_DIMENSIONS_CACHED:
             self._routes.clear()
-        for key in sorted({caller_of(e) for e in events} - self._callers.keys()):
+        for key in sorted(set(callers) - self._callers.keys()):
             d = digest(*key)
             self.conn.execute(
                 "INSERT INTO usage_callers (digest, key_id, team_id) VALUES (?, ?, ?)"
@@ -132,7 +178,7 @@ class SqliteUsageStore:
             self._callers[key] = self.conn.execute(
                 "SELECT id FROM usage_callers WHERE digest = ?", (d,)
             ).fetchone()[0]
-        for route in sorted({route_of(e) for e in events} - self._routes.keys()):
+        for route in sorted(set(routes) - self._routes.keys()):
             d = digest(*route)
             self.conn.execute(
                 "INSERT INTO usage_routes (digest, endpoint, model, provider, upstream_model, deployment,"
@@ -143,6 +189,47 @@ class SqliteUsageStore:
                 "SELECT id FROM usage_routes WHERE digest = ?", (d,)
             ).fetchone()[0]
 
+    def _write(self, events: Sequence[UsageEvent], horizons: Horizons, *, returning: bool) -> int:
+        """One transaction: the events' rows, then the roll-ups of those that were new.
+
+        A chunk's row count tells whether all of its rows were new, which they are unless
+        the batch is a redelivery. Without `returning`, a chunk with fewer rows than it
+        sent rolls everything back (`_Redelivered`); with it, each chunk reports its new
+        rows (RETURNING, which costs about a tenth of the write)."""
+        self.conn.execute("BEGIN")
+        try:
+            callers, routes = [caller_of(e) for e in events], [route_of(e) for e in events]
+            self._ids(callers, routes)
+            ids, route_ids = self._callers, self._routes
+            records: dict[tuple[float, int], Record] = {}
+            for e, caller, route in zip(events, callers, routes, strict=True):
+                r = to_record(e, ids[caller], route_ids[route])
+                records.setdefault((r.created_at, r.event_hash), r)
+            keys = list(records)  # distinct: a chunk cannot hold a row twice
+            rows = [_row(r) for r in records.values()]
+            new: list[tuple[float, int]] = []
+            start = 0
+            for size in _CHUNKS:
+                while len(rows) - start >= size:
+                    params = [v for row in rows[start : start + size] for v in row]
+                    if returning:
+                        new += [(c, h) for c, h in self.conn.execute(_INSERT_RETURNING[size], params)]
+                    elif self.conn.execute(_INSERT_RECORDS[size], params).rowcount == size:
+                        new += keys[start : start + size]
+                    else:
+                        raise _Redelivered
+                    start += size
+            fresh = [records[key] for key in new]
+            for layer, deltas in layer_deltas(fresh, horizons.floor).items():
+                self.conn.executemany(_UPSERTS[layer], [(*k, *v) for k, v in sorted(deltas.items())])
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            self._callers.clear()  # ids of rolled-back rows must not be reused
+            self._routes.clear()
+            raise
+        self.conn.execute("COMMIT")
+        return len(fresh)
+
     async def insert(self, events: Sequence[UsageEvent]) -> int:
         if not events:
             return 0
@@ -152,27 +239,10 @@ class SqliteUsageStore:
             return 0
 
         def write() -> int:
-            self.conn.execute("BEGIN")
             try:
-                self._ids(kept)
-                records: dict[tuple[float, int], Record] = {}
-                for e in kept:
-                    r = to_record(e, self._callers[caller_of(e)], self._routes[route_of(e)])
-                    records.setdefault((r.created_at, r.event_hash), r)
-                # One JSON parameter unpacked by json_each: the per-row work runs in C with
-                # the GIL released, so the embedded gateway's event loop is not held up.
-                batch = orjson.dumps([_row(r) for r in records.values()])
-                inserted = self.conn.execute(_INSERT_RECORD, (batch,)).fetchall()
-                fresh = [records[(row[0], int(row[1]))] for row in inserted]
-                for layer, rows in layer_deltas(fresh, horizons.floor).items():
-                    self.conn.executemany(_UPSERTS[layer], [(*k, *v) for k, v in sorted(rows.items())])
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                self._callers.clear()  # ids of rolled-back rows must not be reused
-                self._routes.clear()
-                raise
-            self.conn.execute("COMMIT")
-            return len(fresh)
+                return self._write(kept, horizons, returning=False)
+            except _Redelivered:
+                return self._write(kept, horizons, returning=True)
 
         try:
             return await self._run(write)

@@ -619,19 +619,16 @@ class Deployment:
     config: AnyDeployment
     secrets: Mapping[str, str] = dataclasses.field(repr=False)
     # `<public model>/<index>`: names the deployment without its URL or secrets. Derived
-    # once here because the request path reads it several times per request.
+    # once here because the request path reads it several times per request, as it does
+    # the provider and the upstream model (`config.provider`, `config.model`).
     name: str = dataclasses.field(init=False, compare=False)
+    provider: str = dataclasses.field(init=False, compare=False)
+    model: str = dataclasses.field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", f"{self.public_model}/{self.index}")
-
-    @property
-    def provider(self) -> str:
-        return self.config.provider
-
-    @property
-    def model(self) -> str:
-        return self.config.model
+        object.__setattr__(self, "provider", self.config.provider)
+        object.__setattr__(self, "model", self.config.model)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -75,19 +75,24 @@ class Field:
     default: Any = _REQUIRED
 
 
-def text(max_len: int, *, min_len: int = 0, optional: bool = False) -> Check:
-    def check(value: Any) -> str | None:
-        if value is None and optional:
+class text:  # named like the function it replaced: `text(256, optional=True)`
+    """A string of `min_len` to `max_len` characters without NUL (or null, if `optional`)."""
+
+    __slots__ = ("max_len", "min_len", "optional")
+
+    def __init__(self, max_len: int, *, min_len: int = 0, optional: bool = False) -> None:
+        self.max_len, self.min_len, self.optional = max_len, min_len, optional
+
+    def __call__(self, value: Any) -> str | None:
+        if value is None and self.optional:
             return None
         if not isinstance(value, str):
-            return "must be a string" + (" or null" if optional else "")
-        if not min_len <= len(value) <= max_len:
-            return f"must have {min_len} to {max_len} characters"
+            return "must be a string" + (" or null" if self.optional else "")
+        if not self.min_len <= len(value) <= self.max_len:
+            return f"must have {self.min_len} to {self.max_len} characters"
         if "\x00" in value:
             return "must not contain NUL"
         return None
-
-    return check
 
 
 def count(value: Any) -> str | None:
@@ -98,17 +103,22 @@ def count(value: Any) -> str | None:
     return None
 
 
-def non_negative(*, optional: bool = False) -> Check:
-    def check(value: Any) -> str | None:
-        if value is None and optional:
+class non_negative:  # named like a function too: `non_negative(optional=True)`
+    """A finite number from 0 (or null, if `optional`)."""
+
+    __slots__ = ("optional",)
+
+    def __init__(self, *, optional: bool = False) -> None:
+        self.optional = optional
+
+    def __call__(self, value: Any) -> str | None:
+        if value is None and self.optional:
             return None
         if not isinstance(value, _NUMBER) or isinstance(value, bool):
-            return "must be a number" + (" or null" if optional else "")
+            return "must be a number" + (" or null" if self.optional else "")
         if not math.isfinite(value) or value < 0:
             return "must be a finite, non-negative number"
         return None
-
-    return check
 
 
 def status(value: Any) -> str | None:
@@ -151,37 +161,83 @@ def unix_time(value: Any) -> str | None:
     return None
 
 
-FIELDS: dict[str, Field] = {
-    "event_id": Field(text(256, min_len=1)),
-    "request_id": Field(text(256, min_len=1)),
-    "key_id": Field(text(256, min_len=1)),
-    "endpoint": Field(text(256, min_len=1)),
-    "model": Field(text(1024)),  # empty when the request failed before naming a model
-    "provider": Field(text(256)),
-    "upstream_model": Field(text(1024)),
-    "prompt_tokens": Field(count),
-    "completion_tokens": Field(count),
-    "latency_ms": Field(non_negative()),
-    "ttft_ms": Field(non_negative(optional=True)),
-    "status": Field(status),
-    "error_code": Field(text(256, optional=True)),
-    "cached": Field(flag),
-    "stream": Field(flag),
-    "created_at": Field(unix_time),
-    # Added after the first release: events without them (an old spool file) still decode.
-    "team_id": Field(text(256, optional=True), default=None),
-    "estimated": Field(flag, default=False),
-    "cached_tokens": Field(count, default=0),
-    "reasoning_tokens": Field(count, default=0),
-    "cost": Field(non_negative(optional=True), default=None),
-    "saved_cost": Field(non_negative(optional=True), default=None),
-    "cache": Field(text(16, optional=True), default=None),
-    "deployment": Field(text(1024), default=""),
-    "attempts": Field(count, default=0),
-    "attempt_log": Field(attempt_log, default=[]),
-    "route_reason": Field(text(256, optional=True), default=None),
-    "region": Field(text(64, optional=True), default=None),
-}
+class _Fields(dict[str, Field]):
+    """The field table; changing it (a test adding a field) rebuilds `decode_event`'s plan."""
+
+    def __setitem__(self, name: str, spec: Field) -> None:
+        super().__setitem__(name, spec)
+        _plans.clear()
+
+    def __delitem__(self, name: str) -> None:
+        super().__delitem__(name)
+        _plans.clear()
+
+
+FIELDS: dict[str, Field] = _Fields(
+    {
+        "event_id": Field(text(256, min_len=1)),
+        "request_id": Field(text(256, min_len=1)),
+        "key_id": Field(text(256, min_len=1)),
+        "endpoint": Field(text(256, min_len=1)),
+        "model": Field(text(1024)),  # empty when the request failed before naming a model
+        "provider": Field(text(256)),
+        "upstream_model": Field(text(1024)),
+        "prompt_tokens": Field(count),
+        "completion_tokens": Field(count),
+        "latency_ms": Field(non_negative()),
+        "ttft_ms": Field(non_negative(optional=True)),
+        "status": Field(status),
+        "error_code": Field(text(256, optional=True)),
+        "cached": Field(flag),
+        "stream": Field(flag),
+        "created_at": Field(unix_time),
+        # Added after the first release: events without them (an old spool file) still decode.
+        "team_id": Field(text(256, optional=True), default=None),
+        "estimated": Field(flag, default=False),
+        "cached_tokens": Field(count, default=0),
+        "reasoning_tokens": Field(count, default=0),
+        "cost": Field(non_negative(optional=True), default=None),
+        "saved_cost": Field(non_negative(optional=True), default=None),
+        "cache": Field(text(16, optional=True), default=None),
+        "deployment": Field(text(1024), default=""),
+        "attempts": Field(count, default=0),
+        "attempt_log": Field(attempt_log, default=[]),
+        "route_reason": Field(text(256, optional=True), default=None),
+        "region": Field(text(64, optional=True), default=None),
+    }
+)
+
+
+# Each field's check as a test decode_event runs inline: (name, default, kind, low, high,
+# null allowed, check). A value the test accepts is one the check accepts; any other value
+# goes to the check, which refuses it with its reason (or accepts it: the check decides).
+_STR, _INT, _NUM, _BOOL, _CALL = range(5)
+
+
+def _plan(name: str, spec: Field) -> tuple[str, Any, int, float, float, bool, Check]:
+    check = spec.check
+    if isinstance(check, text):
+        return name, spec.default, _STR, check.min_len, check.max_len, check.optional, check
+    if isinstance(check, non_negative):
+        return name, spec.default, _NUM, 0, math.inf, check.optional, check
+    if check is count:
+        return name, spec.default, _INT, 0, INT32_MAX, False, check
+    if check is status:
+        return name, spec.default, _INT, 100, 599, False, check
+    if check is unix_time:
+        return name, spec.default, _NUM, EARLIEST, LATEST, False, check
+    if check is flag:
+        return name, spec.default, _BOOL, 0, 0, False, check
+    return name, spec.default, _CALL, 0, 0, False, check
+
+
+_plans: list[tuple[tuple[str, Any, int, float, float, bool, Check], ...]] = []
+
+
+def _current_plan() -> tuple[tuple[str, Any, int, float, float, bool, Check], ...]:
+    if not _plans:
+        _plans.append(tuple(_plan(name, spec) for name, spec in FIELDS.items()))
+    return _plans[0]
 
 
 def decode_event(raw: bytes) -> UsageEvent:
@@ -195,16 +251,32 @@ def decode_event(raw: bytes) -> UsageEvent:
         raise BadEvent(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadEvent("not an object")
-    event: dict[str, Any] = {}
-    for name, spec in FIELDS.items():
-        if name in data:
-            value = data[name]
-        elif spec.default is not _REQUIRED:
-            value = spec.default
+    # As the router writes events: every field and no other, so `data` is the event (no
+    # copy, no default to fill in). This runs for every event analytics stores.
+    complete = data.keys() == FIELDS.keys()
+    event: dict[str, Any] = data if complete else {}
+    get = data.get
+    for name, default, kind, low, high, nullable, check in _plans[0] if _plans else _current_plan():
+        value = get(name, _REQUIRED)
+        if value is _REQUIRED:
+            if default is _REQUIRED:
+                raise BadEvent(f"missing field {name}")
+            value = default
+        t = type(value)
+        if kind == _STR:
+            ok = (t is str and low <= len(value) <= high and "\x00" not in value) or (
+                value is None and nullable
+            )
+        elif kind == _INT:
+            ok = t is int and low <= value <= high
+        elif kind == _NUM:
+            ok = ((t is float or t is int) and low <= value < high) or (value is None and nullable)
         else:
-            raise BadEvent(f"missing field {name}")
-        reason = spec.check(value)
-        if reason is not None:
-            raise BadEvent(f"field {name} {reason}")
-        event[name] = value
+            ok = kind == _BOOL and t is bool
+        if not ok:
+            reason = check(value)
+            if reason is not None:
+                raise BadEvent(f"field {name} {reason}")
+        if not complete:
+            event[name] = value
     return event  # type: ignore[return-value]

@@ -20,11 +20,15 @@ from services.router.providers.base import Completion
 from services.router.providers.sse import DONE
 from services.router.relay import replay
 
+RawFrames = dict[int, tuple[ChatCompletionChunk, bytes]]
+"""id(chunk) → (chunk, the JSON it was parsed from), kept by a stream decoder whose chunks
+are OpenAI's as received; the writer takes out the entries of the chunks it writes."""
+
 
 class StreamWriter(Protocol):
     """Encodes one answer's stream for the client, chunk by chunk."""
 
-    def chunks(self, chunks: list[ChatCompletionChunk]) -> bytes: ...
+    def chunks(self, chunks: list[ChatCompletionChunk], raw: RawFrames | None = None) -> bytes: ...
     def error(self, err: GatewayError) -> bytes:
         """An error once the stream has started (in-band)."""
         ...
@@ -69,15 +73,20 @@ class OpenAIStreamWriter:
     def __init__(self, include_usage: bool) -> None:
         self.include_usage = include_usage
 
-    def chunks(self, chunks: list[ChatCompletionChunk]) -> bytes:
+    def chunks(self, chunks: list[ChatCompletionChunk], raw: RawFrames | None = None) -> bytes:
         out = []
         for chunk in chunks:
+            received = raw.pop(id(chunk), None) if raw else None
             if not self.include_usage and "usage" in chunk:
                 # The gateway asked for usage; the client did not: OpenAI then sends no usage key.
                 if not chunk.get("choices"):
                     continue
                 del chunk["usage"]
-            out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                received = None
+            if received is not None and received[0] is chunk:  # unchanged: sent as it came
+                out.append(b"data: " + received[1] + b"\n\n")
+            else:
+                out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
         return b"".join(out)
 
     def error(self, err: GatewayError) -> bytes:

@@ -36,7 +36,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Generic, TypeVar, cast
 
 from services.kernel.config import Catalog, Deployment, ResilienceConfig
@@ -262,7 +262,7 @@ class Dispatcher:
                 )
             return larger
         chain: list[tuple[str, Sequence[Deployment]]] = [(route.model, route.deployments)]
-        if fallbacks:
+        if fallbacks and config.fallbacks:
             chain += self._allowed(ex, config.fallbacks, {route.model})
         return chain
 
@@ -541,7 +541,10 @@ class Dispatcher:
         timeouts = Timeouts(t.connect, min(t.first_byte, left), left, t.idle)
         return HttpRequest(request.url, request.headers, request.body, timeouts, request.method)
 
-    async def chat(self, ex: Exchange) -> tuple[Deployment, Completion]:
+    # `chat`, `embeddings` and `chat_stream` hand back the coroutine of `_attempts` without
+    # awaiting it themselves: one coroutine frame fewer for every resume of the call.
+
+    def chat(self, ex: Exchange) -> Coroutine[Any, Any, tuple[Deployment, Completion]]:
         async def once(dep: Deployment, adapter: Adapter, deadline: float) -> tuple[Any, float]:
             request = self._bounded(adapter.chat_request(dep, ex.body, stream=False), deadline)  # type: ignore[arg-type]
             started = time.perf_counter()
@@ -550,9 +553,9 @@ class Dispatcher:
                 raise adapter.error(dep, response)
             return (dep, adapter.chat_response(dep, response)), time.perf_counter() - started
 
-        return await self._attempts(ex, once, fallbacks=True)
+        return self._attempts(ex, once, fallbacks=True)
 
-    async def embeddings(self, ex: Exchange) -> tuple[Deployment, Completion]:
+    def embeddings(self, ex: Exchange) -> Coroutine[Any, Any, tuple[Deployment, Completion]]:
         async def once(dep: Deployment, adapter: Adapter, deadline: float) -> tuple[Any, float]:
             request = self._bounded(adapter.embeddings_request(dep, ex.body), deadline)  # type: ignore[arg-type]
             started = time.perf_counter()
@@ -563,9 +566,9 @@ class Dispatcher:
             completion = finish_embeddings(completion, ex.body.get("encoding_format"), prompt_estimate(ex))
             return (dep, completion), time.perf_counter() - started
 
-        return await self._attempts(ex, once, fallbacks=False)
+        return self._attempts(ex, once, fallbacks=False)
 
-    async def chat_stream(self, ex: Exchange) -> OpenStream:
+    def chat_stream(self, ex: Exchange) -> Coroutine[Any, Any, OpenStream]:
         """Open the stream and read it up to its first meaningful chunk; until then
         nothing has reached the client, so a failure can still go elsewhere."""
 
@@ -594,7 +597,7 @@ class Dispatcher:
                 raise
             return OpenStream(dep, response, decoder, pieces, ready), time.perf_counter() - started
 
-        return await self._attempts(ex, once, fallbacks=True)
+        return self._attempts(ex, once, fallbacks=True)
 
     @staticmethod
     async def _first_chunks(

@@ -188,12 +188,13 @@ class _Connection(asyncio.Protocol):
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     def response_headers(self) -> Headers:
-        out = Headers()
+        out: dict[str, str] = {}  # a plain dict while filling: no case folding per lookup
         for name, value in self.headers:
             key = name.decode("latin-1").lower()
             text = value.decode("latin-1")
-            out[key] = f"{out[key]}, {text}" if key in out else text
-        return out
+            seen = out.get(key)
+            out[key] = text if seen is None else f"{seen}, {text}"
+        return Headers(out)
 
     async def wait(self) -> None:
         """Until the parser has something new (or the connection fails)."""
@@ -415,8 +416,15 @@ class NativeTransport:
             timer = loop.call_later(first, self._timed_out, conn, which, first)
             try:
                 conn.start(data, streaming=streaming)
+                # `conn.wait()` inlined: the answer usually comes in one read, so one wait.
                 while not conn.headers_done:
-                    await conn.wait()
+                    if conn.error is not None:
+                        raise conn.error
+                    conn.waiter = loop.create_future()
+                    try:
+                        await conn.waiter
+                    finally:
+                        conn.waiter = None
                 if not streaming and not conn.complete:
                     timer.cancel()
                     timer = loop.call_at(deadline, self._timed_out, conn, "total", t.total)

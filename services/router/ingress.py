@@ -99,6 +99,11 @@ class RouterApp(ServiceApp):
         if scope["type"] == "http":
             method, path = scope["method"], scope["path"]
             endpoint = self._POST.get(path) if method == "POST" else None
+            state = scope.get("state")
+            if endpoint is not None and state and "pipeline" in state:  # a model call, served
+                pipeline: Pipeline = state["pipeline"]
+                await pipeline.handle(endpoint, scope, receive, send, request_id_of(scope))  # type: ignore[arg-type]
+                return
             if endpoint is not None or (
                 method == "GET" and (path in _MODELS or path in _HEALTH or path.startswith(_MODEL_PREFIXES))
             ):

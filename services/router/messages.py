@@ -12,13 +12,16 @@ or as a bearer token.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from services.kernel.errors import GatewayError, InvalidRequest
 from services.kernel.wire import ChatCompletionChunk
 from services.router.providers.base import Completion
+
+if TYPE_CHECKING:  # the dialect module imports this one
+    from services.router.dialect import RawFrames
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -339,7 +342,7 @@ class MessagesStreamWriter:
         start = {"type": "content_block_start", "index": self.block, "content_block": block}
         return out + _event("content_block_start", start)
 
-    def chunks(self, chunks: list[ChatCompletionChunk]) -> bytes:
+    def chunks(self, chunks: list[ChatCompletionChunk], raw: RawFrames | None = None) -> bytes:
         out = []
         for chunk in chunks:
             if not self.started:

@@ -8,12 +8,11 @@ the page from 9 KB to 10 MB).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.kernel.config import Deployment
-from services.router.requeststats import LATENCY_BUCKETS as _LATENCY_BUCKETS
 from services.router.requeststats import RequestStats
 
 if TYPE_CHECKING:
@@ -35,8 +34,14 @@ _REJECTIONS = {
 }
 
 
+_STATUS_LABELS = {status: str(status) for status in _STATUSES}
+
+
 def status_label(status: int) -> str:
-    return str(status) if status in _STATUSES else ("other_4xx" if 400 <= status < 500 else "other")
+    label = _STATUS_LABELS.get(status)
+    if label is not None:
+        return label
+    return "other_4xx" if 400 <= status < 500 else "other"
 
 
 class RouterMetrics:
@@ -78,11 +83,10 @@ class RouterMetrics:
             ["service"],
             registry=registry,
         )
-        self.attempts = Counter(
-            "gateway_upstream_attempts_total",
+        self.attempts = self.stats.tally(
+            "gateway_upstream_attempts",
             "Tries of a deployment, by the status they ended with",
             ["provider", "deployment", "status"],
-            registry=registry,
         )
         self.retries = Counter(
             "gateway_upstream_retries_total",
@@ -111,51 +115,31 @@ class RouterMetrics:
             ["reason"],
             registry=registry,
         )
-        self.cost = Counter(
-            "gateway_cost_total",
+        self.cost = self.stats.tally(
+            "gateway_cost",
             "What answered requests cost, in the configured price's currency (USD by convention)",
             ["model", "provider"],
-            registry=registry,
         )
-        self.saved_cost = Counter(
-            "gateway_saved_cost_total",
+        self.saved_cost = self.stats.tally(
+            "gateway_saved_cost",
             "What cache hits would have cost upstream",
             ["model"],
-            registry=registry,
         )
-        self.unpriced = Counter(
-            "gateway_unpriced_requests_total",
+        self.unpriced = self.stats.tally(
+            "gateway_unpriced_requests",
             "Requests whose deployment has no configured price (their cost is unknown, not zero)",
             ["model"],
-            registry=registry,
         )
-        self.cache_results = Counter(
-            "gateway_cache_requests_total",
+        self.cache_results = self.stats.tally(
+            "gateway_cache_requests",
             "Chat requests looked up in the response cache, by result: exact, semantic, miss",
             ["result"],
-            registry=registry,
         )
-        self.upstream_duration = Histogram(
-            "gateway_upstream_request_duration_seconds",
-            "Time of one upstream attempt, by provider, deployment and outcome (ok, error)",
-            ["provider", "deployment", "outcome"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.deployment_ttft = Histogram(
-            "gateway_deployment_time_to_first_token_seconds",
-            "Streaming: time from request to the first chunk sent, by provider and deployment",
-            ["provider", "deployment"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.admission_rejections = Counter(
-            "gateway_admission_rejections_total",
+        self.admission_rejections = self.stats.tally(
+            "gateway_admission_rejections",
             "Requests refused before any upstream call by rate limits or budgets, by reason",
             ["reason"],
-            registry=registry,
         )
-        self._children: dict[tuple[Any, ...], Any] = {}  # label children, looked up once each
 
     def record(self, ex: Exchange, latency: float, ttft: float | None) -> None:
         """Count one finished model request."""
@@ -164,21 +148,22 @@ class RouterMetrics:
         self.stats.record(
             ex.endpoint,
             ex.route.model if ex.route is not None else NONE,
-            dep.config.provider if dep is not None else NONE,
+            dep.provider if dep is not None else NONE,
             status_label(ex.status),
             latency,
             ttft,
             usage.prompt_tokens,
             usage.completion_tokens,
         )
+        stats = self.stats
         for attempt in ex.attempts:
             d = attempt.deployment
             outcome = "ok" if 200 <= attempt.status < 300 else "error"
-            self._child(self.upstream_duration, d.provider, d.name, outcome).observe(attempt.seconds)
+            stats.upstream_duration(d.provider, d.name, outcome, attempt.seconds)
         if ttft is not None and dep is not None and ex.cache is None:
-            self._child(self.deployment_ttft, dep.provider, dep.name).observe(ttft)
+            stats.deployment_ttft(dep.provider, dep.name, ttft)
         if ex.status == 429 and not ex.attempts and ex.cache is None:
-            self._child(self.admission_rejections, _REJECTIONS.get(ex.error_code or "", "other")).inc()
+            self.admission_rejections.add((_REJECTIONS.get(ex.error_code or "", "other"),))
 
     def account(self, ex: Exchange, cost: float | None, saved: float | None, cache_enabled: bool) -> None:
         """Cost and cache outcome of a settled request (label values from configuration)."""
@@ -188,24 +173,16 @@ class RouterMetrics:
         dep = ex.deployment
         if cost is None:
             if ex.status == 200:
-                self._child(self.unpriced, model).inc()
+                self.unpriced.add((model,))
         elif cost:
-            self._child(self.cost, model, dep.provider if dep is not None else NONE).inc(cost)
+            self.cost.add((model, dep.provider if dep is not None else NONE), cost)
         if saved:
-            self._child(self.saved_cost, model).inc(saved)
+            self.saved_cost.add((model,), saved)
         if cache_enabled and ex.endpoint == "chat.completions" and (ex.cache is not None or ex.status == 200):
-            self._child(self.cache_results, ex.cache if ex.cache in ("exact", "semantic") else "miss").inc()
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """The labelled child, looked up once per combination (label values are bounded)."""
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+            self.cache_results.add((ex.cache if ex.cache in ("exact", "semantic") else "miss",))
 
     def attempt(self, dep: Deployment, status: int) -> None:
-        self._child(self.attempts, dep.provider, dep.name, status_label(status)).inc()
+        self.attempts.add((dep.provider, dep.name, status_label(status)))
 
     def circuit(self, dep: Deployment, state: str) -> None:
         self.circuit_state.labels(dep.provider, dep.name).set(CIRCUIT_STATES[state])

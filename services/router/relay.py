@@ -31,7 +31,7 @@ from services.router.providers.tokens import count_messages, count_text
 from services.router.sender import TransportError
 
 if TYPE_CHECKING:
-    from services.router.dialect import StreamWriter
+    from services.router.dialect import RawFrames, StreamWriter
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -251,20 +251,21 @@ class Relay:
         self, ex: Exchange, opened: OpenStream, assembler: ChatAssembler, send: Send, writer: StreamWriter
     ) -> None:
         decoder = opened.decoder
+        raw: RawFrames | None = getattr(decoder, "raw", None)  # chunks that can go out as received
         err: GatewayError | None = None
         try:
-            out = self._frames(ex, opened.ready, assembler, writer)
+            out = self._frames(ex, opened.ready, assembler, writer, raw)
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
             if decoder.error is None and not decoder.done:
                 async for data in opened.pieces:
-                    out = self._frames(ex, decoder.feed(data), assembler, writer)
+                    out = self._frames(ex, decoder.feed(data), assembler, writer, raw)
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
                     if _ended(decoder):
                         break
                 else:
-                    out = self._frames(ex, decoder.finish(), assembler, writer)
+                    out = self._frames(ex, decoder.finish(), assembler, writer, raw)
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
         except TransportError as exc:
@@ -284,7 +285,11 @@ class Relay:
 
     @staticmethod
     def _frames(
-        ex: Exchange, chunks: list[ChatCompletionChunk], assembler: ChatAssembler, writer: StreamWriter
+        ex: Exchange,
+        chunks: list[ChatCompletionChunk],
+        assembler: ChatAssembler,
+        writer: StreamWriter,
+        raw: RawFrames | None,
     ) -> bytes:
         if not chunks:
             return b""
@@ -292,7 +297,10 @@ class Relay:
             assembler.add(chunk)
         if ex.first_byte_at is None and any(chunk.get("choices") for chunk in chunks):
             ex.first_byte_at = time.perf_counter()
-        return writer.chunks(chunks)
+        out = writer.chunks(chunks, raw)
+        if raw:  # a writer that does not send chunks as received (Messages) leaves them here
+            raw.clear()
+        return out
 
 
 def replay(completion: dict[str, Any], include_usage: bool) -> bytes:

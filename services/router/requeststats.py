@@ -1,11 +1,13 @@
 """The per-request metrics of the router, counted with plain integers.
 
 Every model request updates a request counter, a latency histogram, a
-time-to-first-token histogram and two token counters. With prometheus_client's
-metric objects that is six locked updates per request (about a tenth of the
-router's own CPU in bench/); here it is a few dictionary operations on the event
-loop, and the Prometheus families are built only when `/metrics` is scraped.
-Label values come from the configuration and fixed sets in code only.
+time-to-first-token histogram and two token counters, and each of its upstream
+tries a try counter and a duration histogram (a stream also a per-deployment
+time-to-first-token histogram). With prometheus_client's metric objects that is
+eight or more locked updates per request (about a tenth of the router's own CPU in
+bench/); here it is a few dictionary operations on the event loop, and the
+Prometheus families are built only when `/metrics` is scraped. Label values come
+from the configuration and fixed sets in code only.
 """
 
 from __future__ import annotations
@@ -39,6 +41,27 @@ class _Histogram:
         return out
 
 
+class Tally:
+    """A labelled counter kept as plain numbers: `add` is one dictionary update."""
+
+    __slots__ = ("documentation", "labels", "name", "values")
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        self.name = name  # without `_total`, which the exposition adds
+        self.documentation = documentation
+        self.labels = labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def add(self, key: tuple[str, ...], amount: float = 1) -> None:
+        self.values[key] = self.values.get(key, 0) + amount
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, value in list(self.values.items()):
+            family.add_metric(list(key), value)
+        return family
+
+
 class RequestStats(Collector):
     """Counters and histograms of finished model requests, exposed as Prometheus families."""
 
@@ -48,6 +71,30 @@ class RequestStats(Collector):
         self.ttfts: dict[str, _Histogram] = {}
         self.tokens: dict[tuple[str, str], int] = {}
         self.in_flight = 0
+        # Upstream tries, by (provider, deployment, outcome), and first tokens by (provider, deployment).
+        self.upstream: dict[tuple[str, str, str], _Histogram] = {}
+        self.deployment_ttfts: dict[tuple[str, str], _Histogram] = {}
+        self.tallies: list[Tally] = []
+
+    def tally(self, name: str, documentation: str, labels: list[str]) -> Tally:
+        """A counter exposed with these families (`name` without `_total`)."""
+        counter = Tally(name, documentation, labels)
+        self.tallies.append(counter)
+        return counter
+
+    def upstream_duration(self, provider: str, deployment: str, outcome: str, seconds: float) -> None:
+        key = (provider, deployment, outcome)
+        hist = self.upstream.get(key)
+        if hist is None:
+            hist = self.upstream[key] = _Histogram()
+        hist.observe(seconds)
+
+    def deployment_ttft(self, provider: str, deployment: str, seconds: float) -> None:
+        key = (provider, deployment)
+        hist = self.deployment_ttfts.get(key)
+        if hist is None:
+            hist = self.deployment_ttfts[key] = _Histogram()
+        hist.observe(seconds)
 
     def record(
         self,
@@ -112,3 +159,21 @@ class RequestStats(Collector):
         yield GaugeMetricFamily(
             "gateway_requests_in_flight", "Model requests being answered now", value=self.in_flight
         )
+        for counter in self.tallies:
+            yield counter.family()
+        upstream = HistogramMetricFamily(
+            "gateway_upstream_request_duration_seconds",
+            "Time of one upstream attempt, by provider, deployment and outcome (ok, error)",
+            labels=["provider", "deployment", "outcome"],
+        )
+        for outcome, hist in list(self.upstream.items()):
+            upstream.add_metric(list(outcome), hist.buckets(), hist.sum)
+        yield upstream
+        first = HistogramMetricFamily(
+            "gateway_deployment_time_to_first_token_seconds",
+            "Streaming: time from request to the first chunk sent, by provider and deployment",
+            labels=["provider", "deployment"],
+        )
+        for pair, hist in list(self.deployment_ttfts.items()):
+            first.add_metric(list(pair), hist.buckets(), hist.sum)
+        yield first

@@ -133,7 +133,9 @@ class Balancer:
         load = self.load(dep)
         load.in_flight += 1
         load.requests.append(now)
-        self.add_tokens(dep, tokens)
+        if tokens > 0:
+            load.tokens.append((now, tokens))
+            load.token_sum += tokens
 
     def add_tokens(self, dep: Deployment, tokens: int) -> None:
         if tokens > 0:

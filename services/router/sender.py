@@ -19,7 +19,7 @@ longest silence inside a stream). All but `connect` are applied here with
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Protocol
 
 from services.router.providers.base import HttpRequest, HttpResponse, Timeouts
@@ -122,11 +122,16 @@ class Sender:
     def _transport(self, url: str) -> Transport:
         return self.mock if url.startswith("mock://") else self.network
 
-    async def send(self, request: HttpRequest) -> HttpResponse:
+    def send(self, request: HttpRequest) -> Awaitable[HttpResponse]:
         """The whole answer within `total` and its headers within `first_byte`."""
         transport = self._transport(request.url)
         if getattr(transport, "holds_timeouts", False):
-            return await transport.send(request)  # with timers of its own, cheaper than a scope
+            # With timers of its own, cheaper than a scope; its call is awaited as it is.
+            return transport.send(request)
+        return self._send_timed(transport, request)
+
+    @staticmethod
+    async def _send_timed(transport: Transport, request: HttpRequest) -> HttpResponse:
         try:
             async with asyncio.timeout(request.timeouts.total):
                 return await transport.send(request)

@@ -94,11 +94,13 @@ class Settler:
         latency = time.perf_counter() - ex.started
         ttft = None if ex.first_byte_at is None else ex.first_byte_at - ex.started
         self.metrics.record(ex, latency, ttft)
-        if ex.principal is None:
+        principal = ex.principal
+        if principal is None:
             return  # unauthenticated: counted in metrics, no usage record
         dep = ex.deployment
         usage = ex.usage
-        priced = dep or (ex.route.deployments[0] if ex.route is not None and ex.route.deployments else None)
+        route = ex.route
+        priced = dep or (route.deployments[0] if route is not None and route.deployments else None)
         cost = cost_of(
             priced.config.price if priced is not None else None,
             usage.prompt_tokens,
@@ -118,10 +120,10 @@ class Settler:
         event: UsageEvent = {
             "event_id": new_id(),
             "request_id": ex.request_id,
-            "key_id": ex.principal.key_id,
-            "team_id": ex.principal.team_id,
+            "key_id": principal.key_id,
+            "team_id": principal.team_id,
             "endpoint": ex.endpoint,
-            "model": ex.route.model if ex.route is not None else ex.requested_model,
+            "model": route.model if route is not None else ex.requested_model,
             "provider": dep.provider if dep is not None else "",
             "upstream_model": dep.model if dep is not None else "",
             "prompt_tokens": usage.prompt_tokens,
@@ -142,7 +144,7 @@ class Settler:
             "deployment": dep.name if dep is not None else "",
             "attempts": len(ex.attempts),
             "attempt_log": ex.attempt_log(),
-            "route_reason": ex.route.reason or None if ex.route is not None else None,
+            "route_reason": route.reason or None if route is not None else None,
             "region": ex.region,
         }
         self.publisher.emit(event)

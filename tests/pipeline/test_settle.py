@@ -83,6 +83,25 @@ async def test_each_outcome_is_recorded_once(router, body, status, code):
     assert (event["status"], event["error_code"]) == (status, code)
 
 
+async def test_settled_requests_show_in_the_upstream_and_cost_metrics(router):
+    """Counted as plain numbers on the event loop, exposed under the usual names at scrape."""
+    async with router.client() as http:
+        plain = await http.post(CHAT, json={"model": "up-chat", "messages": user("hi")})
+        stream = await http.post(CHAT, json={"model": "up-chat", "messages": user("hi"), "stream": True})
+        mock = await http.post(CHAT, json={"model": "mock-small", "messages": user("hi")})
+        for response in (plain, stream, mock):
+            assert response.status_code == 200
+        page = (await http.get("/metrics")).text
+    up = {"provider": "openai", "deployment": "up-chat/0"}
+    assert metric_value(page, "gateway_upstream_attempts_total", status="200", **up) >= 2
+    assert metric_value(page, "gateway_upstream_request_duration_seconds_count", outcome="ok", **up) >= 2
+    assert metric_value(page, "gateway_upstream_request_duration_seconds_bucket", le="+Inf", **up) >= 2
+    assert metric_value(page, "gateway_deployment_time_to_first_token_seconds_count", **up) >= 1
+    assert metric_value(page, "gateway_cost_total", model="up-chat", provider="openai") > 0
+    assert metric_value(page, "gateway_unpriced_requests_total", model="mock-small") >= 1
+    assert "# TYPE gateway_upstream_attempts_total counter" in page
+
+
 async def test_unauthenticated_requests_are_counted_but_leave_no_usage_record(router):
     request_id = rid()
     async with httpx.AsyncClient(base_url=router.url) as http:

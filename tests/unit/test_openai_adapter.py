@@ -1,12 +1,17 @@
 """The OpenAI-compatible adapter is pure translation: tested on recorded payloads, no network."""
 
+from types import SimpleNamespace
+
 import orjson
 import pytest
 from multidict import CIMultiDict
 
 from services.kernel.errors import InvalidRequest, RateLimited, UpstreamError
+from services.router.dialect import OpenAIStreamWriter
+from services.router.messages import MessagesStreamWriter
 from services.router.providers.base import HttpResponse
 from services.router.providers.openai import OpenAIAdapter
+from services.router.relay import ChatAssembler, Relay
 from tests.unit.deployments import OPENAI
 
 ADAPTER = OpenAIAdapter()
@@ -91,6 +96,35 @@ def test_stream_decodes_whatever_the_piece_size(piece):
     assert chunks[2]["choices"][0]["finish_reason"] == "stop"
     assert decoder.usage is not None
     assert (decoder.usage.prompt_tokens, decoder.usage.completion_tokens) == (9, 2)
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_unchanged_chunks_reach_the_client_as_the_upstream_wrote_them(include_usage):
+    """No second serialisation: an OpenAI chunk goes out byte for byte, spacing included;
+    a chunk the gateway changes (usage the client did not ask for) is written anew."""
+    spaced = b'{"id": "c", "object": "chat.completion.chunk", "choices": [{"delta": {"content": "a"}}]}'
+    with_usage = (
+        b'{"id":"c","choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":9,"completion_tokens":2}}'
+    )
+    usage_only = b'{"id":"c","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2}}'
+    two_lines = b'data: {"id": "c",\ndata:  "choices": []}'
+    decoder = ADAPTER.chat_stream(OPENAI)
+    stream = b"".join(b"data: " + d + b"\n\n" for d in (spaced, with_usage, usage_only)) + two_lines + b"\n\n"
+    chunks = decoder.feed(stream)
+    assert len(chunks) == 4
+    assert len(decoder.raw) == 3
+    written = OpenAIStreamWriter(include_usage).chunks(chunks, decoder.raw)
+    frames = [orjson.loads(f.removeprefix(b"data: ")) for f in written.split(b"\n\n") if f]
+    assert written.startswith(b"data: " + spaced + b"\n\n")
+    if include_usage:
+        assert b"data: " + with_usage + b"\n\n" in written
+        assert b"data: " + usage_only + b"\n\n" in written
+        assert [f["usage"]["prompt_tokens"] for f in frames[1:3]] == [9, 9]
+    else:
+        assert b"usage" not in written
+        assert len(frames) == 3
+    assert frames[-1] == {"id": "c", "choices": []}  # written anew, on one line
+    assert decoder.raw == {}  # what was written was taken out
 
 
 def test_a_stream_cut_short_is_not_done():
@@ -179,3 +213,20 @@ def test_a_redirect_is_reported_not_followed():
 def test_non_json_success_is_an_upstream_error():
     with pytest.raises(UpstreamError):
         ADAPTER.chat_response(OPENAI, response(200, content=b"<html>", headers={"content-type": "text/html"}))
+
+
+def test_chunks_a_writer_does_not_send_as_received_are_not_kept():
+    """The Messages dialect rewrites every chunk: the bytes kept for the OpenAI writer are
+    dropped after each read, so a long stream does not hold them all until it ends."""
+    decoder = ADAPTER.chat_stream(OPENAI)
+    frame = (
+        b'data: {"id":"c","object":"chat.completion.chunk",'
+        b'"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+    )
+    exchange = SimpleNamespace(first_byte_at=None)
+    writer = MessagesStreamWriter()
+    for _ in range(3):
+        chunks = decoder.feed(frame * 4)
+        out = Relay._frames(exchange, chunks, ChatAssembler(), writer, decoder.raw)  # type: ignore[arg-type]
+        assert b"content_block_delta" in out
+        assert decoder.raw == {}

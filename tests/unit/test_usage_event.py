@@ -23,6 +23,24 @@ GOOD = {
     "created_at": 1_700_000_000.0,
 }
 
+# Every field, as the router writes events (decoded without a copy).
+COMPLETE = {
+    **GOOD,
+    "team_id": None,
+    "estimated": False,
+    "cached_tokens": 0,
+    "reasoning_tokens": 0,
+    "cost": None,
+    "saved_cost": None,
+    "cache": None,
+    "deployment": "m/0",
+    "attempts": 1,
+    "attempt_log": [{"deployment": "m/0", "status": 200, "code": None, "ms": 1.5}],
+    "route_reason": None,
+    "region": None,
+}
+assert COMPLETE.keys() == usage.FIELDS.keys()
+
 INT32_MAX = 2**31 - 1
 
 
@@ -34,6 +52,7 @@ def decoded_as_given(event: dict) -> bool:
 
 def test_good_event_decodes():
     assert decoded_as_given(GOOD)
+    assert decode_event(orjson.dumps(COMPLETE)) == COMPLETE
 
 
 @pytest.mark.parametrize(
@@ -95,9 +114,10 @@ def test_bad_events_are_refused(raw):
         ({"error_code": "c" * 257}, "error_code"),
     ],
 )
-def test_values_out_of_range_are_refused_naming_the_field(changes, field):
+@pytest.mark.parametrize("event", [GOOD, COMPLETE], ids=["first-release", "complete"])
+def test_values_out_of_range_are_refused_naming_the_field(changes, field, event):
     with pytest.raises(BadEvent, match=field):
-        decode_event(orjson.dumps({**GOOD, **changes}))
+        decode_event(orjson.dumps({**event, **changes}))
 
 
 def test_non_finite_huge_and_oversized_input_is_refused():

@@ -54,6 +54,7 @@ class OpenAIStreamDecoder(SSEDecoder):
     """SSE `data:` lines of `chat.completion.chunk` objects, ending with `[DONE]`."""
 
     bad_json_retryable = False
+    keeps_raw = True  # OpenAI's chunks are the client's chunks
 
     def _marker(self, data: bytes) -> bool:
         if data == b"[DONE]":

@@ -182,6 +182,7 @@ class SSEDecoder:
     """
 
     bad_json_retryable = True
+    keeps_raw = False  # whether a chunk passed on as parsed keeps its bytes in `raw`
 
     def __init__(self, dep: Deployment) -> None:
         self.dep = dep
@@ -189,6 +190,9 @@ class SSEDecoder:
         self.usage: Usage | None = None
         self.error: GatewayError | None = None
         self.done = False
+        # id(chunk) → (chunk, its `data` as received): a writer that sends the chunk
+        # unchanged sends these bytes instead of serialising it again (`raw_frames`).
+        self.raw: dict[int, tuple[ChatCompletionChunk, bytes]] = {}
 
     def _marker(self, data: bytes) -> bool:
         """Whether `data` is a marker that is not JSON (and was taken)."""
@@ -210,7 +214,17 @@ class SSEDecoder:
             self.error = UpstreamError(f"{self.dep.name} sent a stream event that is not JSON")
             self.error.retryable = self.bad_json_retryable
             return
+        before = len(out)
         self._object(obj, out)
+        # One line of JSON, passed on as it was parsed: it can be sent again as it came.
+        if (
+            self.keeps_raw
+            and len(out) == before + 1
+            and out[-1] is obj
+            and b"\n" not in data
+            and b"\r" not in data
+        ):
+            self.raw[id(obj)] = (obj, data)
 
     def feed(self, data: bytes) -> list[ChatCompletionChunk]:
         out: list[ChatCompletionChunk] = []
