@@ -65,17 +65,6 @@ async def _every(seconds: float, work: Callable[[], Awaitable[None]], name: str)
         await asyncio.sleep(seconds)
 
 
-SERVICE_LINGER_MS = 100.0  # usage.consumer_linger_ms when unset, analytics service
-EMBEDDED_LINGER_MS = 0.0  # and in the embedded gateway (docs/usage-pipeline.md)
-
-
-def linger_ms(configured: float | None, *, embedded: bool) -> float:
-    """The consumer's linger: as configured, else the default of the mode it runs in."""
-    if configured is not None:
-        return configured
-    return EMBEDDED_LINGER_MS if embedded else SERVICE_LINGER_MS
-
-
 def create_app(
     settings: Settings,
     *,
@@ -125,7 +114,7 @@ def create_app(
             store,
             metrics,
             name=socket.gethostname(),
-            linger_ms=linger_ms(settings.config.usage.consumer_linger_ms, embedded=stream is not None),
+            linger_ms=settings.config.usage.consumer_linger_ms,
         )
         task = asyncio.create_task(consumer.run(), name="usage-consumer")
 
