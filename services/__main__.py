@@ -68,14 +68,20 @@ def _prepare_embedded_storage(settings: Settings) -> None:
     asyncio.run(migrate())
 
 
-def _lower_priority(increment: int) -> None:
-    """Background work yields the CPU to request handling on a shared host (analytics.nice)."""
+def _lower_priority(policy: str, increment: int) -> None:
+    """Background work yields the CPU to request handling on a shared host
+    (analytics.cpu_policy, analytics.nice)."""
+    if policy == "normal":
+        return
     try:
-        niceness = os.nice(increment)
+        if policy == "idle" and hasattr(os, "SCHED_IDLE"):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            log.info("CPU priority lowered", extra={"policy": "idle"})
+            return
+        if increment:  # "nice", or "idle" on a platform without SCHED_IDLE
+            log.info("CPU priority lowered", extra={"policy": "nice", "nice": os.nice(increment)})
     except OSError as exc:  # not permitted by the platform or a seccomp profile: run as started
         log.warning("could not lower the process's CPU priority", extra={"error": str(exc)})
-        return
-    log.info("CPU priority lowered", extra={"nice": niceness})
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -130,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.service, settings.log_level)
-    if args.service == "analytics" and settings.config.analytics.nice:
-        _lower_priority(settings.config.analytics.nice)
+    if args.service == "analytics":
+        _lower_priority(settings.config.analytics.cpu_policy, settings.config.analytics.nice)
     port = args.port if args.port is not None else default_port
     options = ServerOptions(
         service=args.service,

@@ -378,10 +378,14 @@ class AnalyticsConfig(_Strict):
     # `retention.events_months`); off, the field is accepted and nothing is stored.
     store_completions: bool = True
     max_stored_bytes: int = Field(default=4 << 20, ge=1024, le=64 << 20)  # request + answer
-    # The analytics process lowers its CPU priority by this much (os.nice) when it starts:
-    # it stores usage in the background, so on a core it shares with the router its
-    # batches wait for requests, not the other way round. 0 leaves the priority alone.
-    nice: int = Field(default=10, ge=0, le=19)
+    # How the analytics process yields a core it shares with the router (docs/analytics.md):
+    # it stores usage in the background, so its batches should wait for requests, not the
+    # other way round. "idle": SCHED_IDLE, set aside the moment a process of normal
+    # priority on its core wakes; "nice": os.nice by `nice`, a smaller share of the core,
+    # but a batch may run on for a time slice (a millisecond or more) while a request
+    # waits; "normal": left alone.
+    cpu_policy: Literal["idle", "nice", "normal"] = "idle"
+    nice: int = Field(default=10, ge=0, le=19)  # "nice", and "idle" where there is no SCHED_IDLE
 
 
 class TracingConfig(_Strict):
