@@ -30,12 +30,9 @@ TMP=$(mktemp -d)
 PIDS=()
 HZ=$(getconf CLK_TCK)
 
-for tool in nginx wrk taskset; do
-    command -v "$tool" >/dev/null || {
-        echo "bench/cpu.sh needs $tool (apt-get install nginx-light libnginx-mod-http-echo wrk util-linux)" >&2
-        exit 1
-    }
-done
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
+need_tools cpu.sh nginx wrk taskset
 
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -45,11 +42,8 @@ cleanup() {
 trap cleanup EXIT
 
 json_port=$((PORT_BASE + 1)) sse_port=$((PORT_BASE + 2))
-mkdir -p "$TMP/nginx"
-sed -e "s#@PREFIX@#$TMP/nginx#g" -e "s#@JSON_PORT@#$json_port#g" -e "s#@SSE_PORT@#$sse_port#g" \
-    -e "s#@SLEEP@##g" "$BENCH_DIR/upstream/nginx.conf.template" >"$TMP/nginx/nginx.conf"
-taskset -c 1 nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
-PIDS+=($!)
+start_upstream "$TMP/nginx" "$json_port" "$sse_port" 1
+PIDS+=("$UPSTREAM_PID")
 sed -e "s#127.0.0.1:18001#127.0.0.1:$json_port#; s#127.0.0.1:18002#127.0.0.1:$sse_port#" \
     "$BENCH_DIR/gateway/gateway-bench.yaml" >"$TMP/gateway.yaml"
 

@@ -43,12 +43,9 @@ TMP=$(mktemp -d)
 NGINX=
 RUN_DIR=
 
-for tool in nginx wrk taskset psql redis-cli; do
-    command -v "$tool" >/dev/null || {
-        echo "bench/distributed_cpu.sh needs $tool" >&2
-        exit 1
-    }
-done
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
+need_tools distributed_cpu.sh nginx wrk taskset psql redis-cli
 
 stop_topology() {
     if [[ -n $RUN_DIR ]]; then
@@ -67,11 +64,8 @@ cleanup() {
 trap cleanup EXIT
 
 json_port=$((PORT_BASE + 11)) sse_port=$((PORT_BASE + 12))
-mkdir -p "$TMP/nginx"
-sed -e "s#@PREFIX@#$TMP/nginx#g" -e "s#@JSON_PORT@#$json_port#g" -e "s#@SSE_PORT@#$sse_port#g" \
-    -e "s#@SLEEP@##g" -e "s#@DELAY@#0#g" "$BENCH_DIR/upstream/nginx.conf.template" >"$TMP/nginx/nginx.conf"
-taskset -c 1 nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
-NGINX=$!
+start_upstream "$TMP/nginx" "$json_port" "$sse_port" 1
+NGINX=$UPSTREAM_PID
 {
     sed -e "s#127.0.0.1:18001#127.0.0.1:$json_port#; s#127.0.0.1:18002#127.0.0.1:$sse_port#" \
         "$BENCH_DIR/gateway/gateway-bench.yaml"

@@ -37,12 +37,9 @@ KEY=sk-bench-master-key
 TMP=$(mktemp -d)
 PIDS=()
 
-for tool in valgrind callgrind_control nginx wrk; do
-    command -v "$tool" >/dev/null || {
-        echo "bench/instructions.sh needs $tool (apt-get install valgrind nginx-light libnginx-mod-http-echo wrk)" >&2
-        exit 1
-    }
-done
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
+need_tools instructions.sh valgrind callgrind_control nginx wrk
 
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -52,11 +49,8 @@ cleanup() {
 trap cleanup EXIT
 
 json_port=$((PORT_BASE + 1)) sse_port=$((PORT_BASE + 2))
-mkdir -p "$TMP/nginx"
-sed -e "s#@PREFIX@#$TMP/nginx#g" -e "s#@JSON_PORT@#$json_port#g" -e "s#@SSE_PORT@#$sse_port#g" \
-    -e "s#@SLEEP@##g" "$BENCH_DIR/upstream/nginx.conf.template" >"$TMP/nginx/nginx.conf"
-nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
-PIDS+=($!)
+start_upstream "$TMP/nginx" "$json_port" "$sse_port"
+PIDS+=("$UPSTREAM_PID")
 
 # The benchmark's gateway configuration, pointed at this run's upstream ports.
 sed -e "s#127.0.0.1:18001#127.0.0.1:$json_port#; s#127.0.0.1:18002#127.0.0.1:$sse_port#" \
