@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+_K = TypeVar("_K", bound=tuple[str, ...])
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -39,6 +41,22 @@ class _Histogram:
             total += count
             out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
         return out
+
+
+def _observe(table: dict[_K, _Histogram], key: _K, value: float) -> None:
+    hist = table.get(key)
+    if hist is None:
+        hist = table[key] = _Histogram()
+    hist.observe(value)
+
+
+def _histograms(
+    name: str, documentation: str, labels: list[str], table: dict[_K, _Histogram]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    for key, hist in list(table.items()):
+        family.add_metric(list(key), hist.buckets(), hist.sum)
+    return family
 
 
 class Tally:
@@ -68,7 +86,7 @@ class RequestStats(Collector):
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str, str], int] = {}
         self.durations: dict[tuple[str, str], _Histogram] = {}
-        self.ttfts: dict[str, _Histogram] = {}
+        self.ttfts: dict[tuple[str], _Histogram] = {}
         self.tokens: dict[tuple[str, str], int] = {}
         self.in_flight = 0
         # Upstream tries, by (provider, deployment, outcome), and first tokens by (provider, deployment).
@@ -83,18 +101,10 @@ class RequestStats(Collector):
         return counter
 
     def upstream_duration(self, provider: str, deployment: str, outcome: str, seconds: float) -> None:
-        key = (provider, deployment, outcome)
-        hist = self.upstream.get(key)
-        if hist is None:
-            hist = self.upstream[key] = _Histogram()
-        hist.observe(seconds)
+        _observe(self.upstream, (provider, deployment, outcome), seconds)
 
     def deployment_ttft(self, provider: str, deployment: str, seconds: float) -> None:
-        key = (provider, deployment)
-        hist = self.deployment_ttfts.get(key)
-        if hist is None:
-            hist = self.deployment_ttfts[key] = _Histogram()
-        hist.observe(seconds)
+        _observe(self.deployment_ttfts, (provider, deployment), seconds)
 
     def record(
         self,
@@ -109,15 +119,9 @@ class RequestStats(Collector):
     ) -> None:
         key = (endpoint, model, provider, status)
         self.requests[key] = self.requests.get(key, 0) + 1
-        duration = self.durations.get((endpoint, model))
-        if duration is None:
-            duration = self.durations[(endpoint, model)] = _Histogram()
-        duration.observe(latency)
+        _observe(self.durations, (endpoint, model), latency)
         if ttft is not None:
-            first = self.ttfts.get(model)
-            if first is None:
-                first = self.ttfts[model] = _Histogram()
-            first.observe(ttft)
+            _observe(self.ttfts, (model,), ttft)
         if prompt_tokens:
             self.tokens[(model, "prompt")] = self.tokens.get((model, "prompt"), 0) + prompt_tokens
         if completion_tokens:
@@ -132,22 +136,18 @@ class RequestStats(Collector):
         for key, count in list(self.requests.items()):
             requests.add_metric(list(key), count)
         yield requests
-        duration = HistogramMetricFamily(
+        yield _histograms(
             "gateway_request_duration_seconds",
             "Time from request to the last byte of the response",
-            labels=["endpoint", "model"],
+            ["endpoint", "model"],
+            self.durations,
         )
-        for (endpoint, model), hist in list(self.durations.items()):
-            duration.add_metric([endpoint, model], hist.buckets(), hist.sum)
-        yield duration
-        ttft = HistogramMetricFamily(
+        yield _histograms(
             "gateway_time_to_first_token_seconds",
             "Streaming: time from request to the first chunk sent",
-            labels=["model"],
+            ["model"],
+            self.ttfts,
         )
-        for model, hist in list(self.ttfts.items()):
-            ttft.add_metric([model], hist.buckets(), hist.sum)
-        yield ttft
         tokens = CounterMetricFamily(
             "gateway_tokens",
             "Tokens by model and direction (prompt, completion)",
@@ -161,19 +161,15 @@ class RequestStats(Collector):
         )
         for counter in self.tallies:
             yield counter.family()
-        upstream = HistogramMetricFamily(
+        yield _histograms(
             "gateway_upstream_request_duration_seconds",
             "Time of one upstream attempt, by provider, deployment and outcome (ok, error)",
-            labels=["provider", "deployment", "outcome"],
+            ["provider", "deployment", "outcome"],
+            self.upstream,
         )
-        for outcome, hist in list(self.upstream.items()):
-            upstream.add_metric(list(outcome), hist.buckets(), hist.sum)
-        yield upstream
-        first = HistogramMetricFamily(
+        yield _histograms(
             "gateway_deployment_time_to_first_token_seconds",
             "Streaming: time from request to the first chunk sent, by provider and deployment",
-            labels=["provider", "deployment"],
+            ["provider", "deployment"],
+            self.deployment_ttfts,
         )
-        for pair, hist in list(self.deployment_ttfts.items()):
-            first.add_metric(list(pair), hist.buckets(), hist.sum)
-        yield first

@@ -82,6 +82,13 @@ class Load:
     throttled_until: float = 0.0  # the deployment's own Retry-After
 
 
+def _count_tokens(load: Load, now: float, tokens: int) -> None:
+    """Count `tokens` against the deployment's tokens per minute from `now`."""
+    if tokens > 0:
+        load.tokens.append((now, tokens))
+        load.token_sum += tokens
+
+
 class Balancer:
     """Orders deployments by the model's policy and tracks their load and capacity."""
 
@@ -133,15 +140,10 @@ class Balancer:
         load = self.load(dep)
         load.in_flight += 1
         load.requests.append(now)
-        if tokens > 0:
-            load.tokens.append((now, tokens))
-            load.token_sum += tokens
+        _count_tokens(load, now, tokens)
 
     def add_tokens(self, dep: Deployment, tokens: int) -> None:
-        if tokens > 0:
-            load = self.load(dep)
-            load.tokens.append((self.clock(), tokens))
-            load.token_sum += tokens
+        _count_tokens(self.load(dep), self.clock(), tokens)
 
     def end(self, dep: Deployment) -> None:
         load = self.load(dep)
