@@ -625,9 +625,9 @@ bench_distributed() {
     fi
     rm -rf "$data"
     mkdir -p "$data"
-    # A database of its own for each run, on the same server: rows left by earlier runs
-    # make PostgreSQL vacuum and analyze a growing table during the measurements (tens of
-    # milliseconds on the shared CPU, seen as a 1-connection p99 of +36 to +63 ms).
+    # A database of its own for each run, on the same server: with rows left by earlier
+    # runs (millions) the 1-connection p99 was +36 to +63 ms, and +2.35 ms right after a
+    # VACUUM ANALYZE (PostgreSQL's autovacuum on the shared CPU, most likely).
     local database_url=$DATABASE_URL_BENCH fresh=bench_run_$PORT_BASE
     if command -v psql >/dev/null &&
         psql -q "${DATABASE_URL_BENCH%/*}/postgres" -c "DROP DATABASE IF EXISTS $fresh" \
